@@ -1,0 +1,192 @@
+"""SQLModel tables: campaigns, mail events, quarantine, contact links, write ledger, runs, leases.
+
+Every table change needs an Alembic revision in `migrations/versions/`; a test compares the
+migrated schema with these models.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC; every stored timestamp is UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both databases (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: store timestamps in UTC")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Column:
+    return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+class WriteKind(StrEnum):
+    tag = "tag"
+    untag = "untag"  # a retrigger's removal, so the re-added tag fires workflows again
+    note = "note"
+
+
+class WriteStatus(StrEnum):
+    pending = "pending"
+    done = "done"
+    rejected = "rejected"
+    failed = "failed"
+    unknown = "unknown"
+
+
+OPEN_STATUSES = (WriteStatus.pending, WriteStatus.unknown)
+
+
+class Campaign(SQLModel, table=True):
+    """A Postalytics drop we sync, with its fetch cursor."""
+
+    __tablename__ = "campaigns"
+
+    drop_id: str = Field(primary_key=True, max_length=64)
+    name: str | None = Field(default=None, max_length=255)
+    country: str = Field(default="US", max_length=2)
+    location_id: str = Field(max_length=64)
+    newest_event_at: datetime | None = Field(default=None, sa_column=_ts())
+    """The newest event time stored: the incremental cursor (with a lookback before it)."""
+    resume_page: int | None = None
+    """Set when a run hit its page cap mid-backfill: the next run continues from this page."""
+    last_fetched_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class MailEvent(SQLModel, table=True):
+    """One normalised Postalytics event; `key` is deterministic so re-fetches are no-ops."""
+
+    __tablename__ = "mail_events"
+    __table_args__ = (Index("ix_mail_events_drop_at", "drop_id", "event_at"),)
+
+    key: str = Field(primary_key=True, max_length=80)
+    drop_id: str = Field(max_length=64)
+    recipient_key: str = Field(max_length=80, index=True)
+    code: str = Field(max_length=32)
+    event_at: datetime = Field(sa_column=_ts(nullable=False))
+    expected_delivery: str | None = Field(default=None, max_length=32)
+    url: str | None = Field(default=None, sa_column=Column(Text))
+    first_name: str | None = Field(default=None, max_length=255)
+    last_name: str | None = Field(default=None, max_length=255)
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=64)
+    carried_contact_id: str | None = Field(default=None, max_length=255)
+    fetched_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    run_id: str | None = Field(default=None, max_length=64)
+
+
+class QuarantinedEvent(SQLModel, table=True):
+    """A raw event that could not be normalised, kept with the reason."""
+
+    __tablename__ = "quarantined_events"
+
+    fingerprint: str = Field(primary_key=True, max_length=80)
+    drop_id: str = Field(max_length=64, index=True)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    first_seen: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    run_id: str | None = Field(default=None, max_length=64)
+
+
+class ContactLink(SQLModel, table=True):
+    """Recipient → HighLevel contact, and how it was matched; a miss is cached as contact None."""
+
+    __tablename__ = "contact_links"
+
+    location_id: str = Field(primary_key=True, max_length=64)
+    recipient_key: str = Field(primary_key=True, max_length=80)
+    contact_id: str | None = Field(default=None, max_length=255)
+    matched_by: str = Field(max_length=16)  # carried | email | phone | created | none
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class WriteIntent(SQLModel, table=True):
+    """The write ledger: one row per intended HighLevel write; its status is the truth."""
+
+    __tablename__ = "write_ledger"
+    __table_args__ = (
+        UniqueConstraint("intent_key", name="uq_write_ledger_intent"),
+        Index("ix_write_ledger_location_status", "location_id", "status"),
+        Index("ix_write_ledger_drop_status", "drop_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    intent_key: str = Field(max_length=200)
+    """Makes a second identical intent impossible: see sync.plan for its forms."""
+    kind: str = Field(max_length=8)
+    location_id: str = Field(max_length=64)
+    drop_id: str = Field(max_length=64)
+    recipient_key: str = Field(max_length=80)
+    event_key: str | None = Field(default=None, max_length=80)
+    code: str = Field(max_length=32)
+    contact_id: str | None = Field(default=None, max_length=255)
+    tag: str | None = Field(default=None, max_length=255)
+    body: str | None = Field(default=None, sa_column=Column(Text))
+    marker: str | None = Field(default=None, max_length=64)
+    status: str = Field(default=WriteStatus.pending, max_length=16)
+    attempts: int = 0
+    last_http_status: int | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    remote_id: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    first_attempt_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_attempt_at: datetime | None = Field(default=None, sa_column=_ts())
+    run_id: str | None = Field(default=None, max_length=64)
+
+
+class SyncRun(SQLModel, table=True):
+    """One sync, replay or reconcile run, with its counts."""
+
+    __tablename__ = "sync_runs"
+
+    id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(default="sync", max_length=16)
+    started_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    finished_at: datetime | None = Field(default=None, sa_column=_ts())
+    status: str = Field(default="running", max_length=16)
+    dry_run: bool = False
+    counts: str | None = Field(default=None, sa_column=Column(Text))  # JSON
+
+
+class LocationLease(SQLModel, table=True):
+    """Which worker applies a location's writes now; expires unless renewed."""
+
+    __tablename__ = "location_leases"
+
+    location_id: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: datetime = Field(sa_column=_ts(nullable=False))
+    acquired_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class OAuthTokenRow(SQLModel, table=True):
+    """A location's rotated OAuth tokens, encrypted: a refresh token is a secret."""
+
+    __tablename__ = "oauth_tokens"
+
+    location_id: str = Field(primary_key=True, max_length=64)
+    refresh_token_enc: str = Field(sa_column=Column(Text, nullable=False))
+    access_token_enc: str | None = Field(default=None, sa_column=Column(Text))
+    expires_at: datetime | None = Field(default=None, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

@@ -1,0 +1,44 @@
+"""The few writes everything shares: insert-if-new, which both databases do atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel
+
+# SQLite allows 32766 bound parameters per statement; PostgreSQL 65535. Stay well under both.
+_MAX_PARAMS = 30000
+
+
+def insert_ignore(
+    session: Session, objs: Sequence[SQLModel], conflict_cols: Iterable[str] | None = None
+) -> int:
+    """Insert model rows, skipping any that collide with a unique key; returns rows inserted.
+
+    Safe under races: two connections inserting the same key leave one row and no error.
+    """
+    if not objs:
+        return 0
+    table: Table = type(objs[0]).__table__  # type: ignore[attr-defined]
+    # An autoincrement id left as None must be omitted, not sent as NULL (PostgreSQL refuses it).
+    rows: list[dict[str, Any]] = [
+        o.model_dump(exclude={"id"} if getattr(o, "id", 0) is None else None) for o in objs
+    ]
+    dialect = session.get_bind().dialect.name
+    ins = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if ins is None:
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    cols = list(conflict_cols) if conflict_cols is not None else None
+    per_row = max(len(rows[0]), 1)
+    chunk = max(1, _MAX_PARAMS // per_row)
+    inserted = 0
+    for start in range(0, len(rows), chunk):
+        stmt = ins(table).values(list(rows[start:start + chunk]))
+        stmt = stmt.on_conflict_do_nothing(index_elements=cols)
+        # rowcount is -1 under psycopg's multi-row inserts; RETURNING counts on both databases.
+        pk = next(iter(table.primary_key.columns))
+        inserted += len(session.execute(stmt.returning(pk)).all())
+    return inserted

@@ -1,0 +1,99 @@
+"""The store on SQLite and PostgreSQL: migrations, and insert-if-new under races."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import Session, SQLModel, func, select
+from typer.testing import CliRunner
+
+from mailsync.cli import app
+from mailsync.store.engine import get_engine, head_revision, upgrade_database
+from mailsync.store.models import MailEvent, WriteIntent
+from mailsync.store.ops import insert_ignore
+
+TABLES = {"campaigns", "mail_events", "quarantined_events", "contact_links", "write_ledger",
+          "sync_runs", "location_leases", "oauth_tokens", "alembic_version"}
+
+
+def event(key: str = "e1") -> MailEvent:
+    return MailEvent(key=key, drop_id="100", recipient_key="r1", code="Mailed",
+                     event_at=datetime(2026, 11, 20, 14, 3, tzinfo=UTC))
+
+
+def tag_intent() -> WriteIntent:
+    return WriteIntent(intent_key="tag|100|r1|Mailed", kind="tag", location_id="loc1",
+                       drop_id="100", recipient_key="r1", code="Mailed",
+                       tag="Postalytics Event: Mailed")
+
+
+def test_upgrade_creates_every_table_and_again_is_a_no_op(db_url: str):
+    assert upgrade_database(db_url) == (None, head_revision())
+    engine = get_engine(db_url)
+    assert TABLES <= set(sa.inspect(engine).get_table_names())
+    assert upgrade_database(db_url) == (head_revision(), head_revision())
+
+
+def test_migrated_schema_matches_the_models(db_url: str):
+    engine = get_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+
+
+def test_cli_db_upgrade_on_empty_then_again(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("MAILSYNC_DATABASE_URL", url)
+    monkeypatch.delenv("MAILSYNC_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    first = runner.invoke(app, ["db", "upgrade"])
+    assert first.exit_code == 0, first.output
+    assert "upgraded from empty" in first.output
+    second = runner.invoke(app, ["db", "upgrade"])
+    assert "nothing to do" in second.output
+
+
+def test_same_event_and_same_intent_twice_leave_one_row(db_url: str):
+    engine = get_engine(db_url)
+    with Session(engine) as s:
+        assert insert_ignore(s, [event(), event()]) == 1
+        assert insert_ignore(s, [event()]) == 0
+        assert insert_ignore(s, [tag_intent()]) == 1
+        assert insert_ignore(s, [tag_intent()]) == 0
+        s.commit()
+    with Session(engine) as s:
+        assert s.exec(select(func.count()).select_from(MailEvent)).one() == 1
+        assert s.exec(select(func.count()).select_from(WriteIntent)).one() == 1
+        stored = s.exec(select(MailEvent)).one()
+        assert stored.event_at == datetime(2026, 11, 20, 14, 3, tzinfo=UTC)
+
+
+def test_racing_connections_leave_one_row(db_url: str):
+    engine = get_engine(db_url)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with Session(engine) as s:
+                barrier.wait()
+                insert_ignore(s, [event(f"e{i}") for i in range(50)])
+                insert_ignore(s, [tag_intent()])
+                s.commit()
+        except BaseException as exc:  # surfaced below: a thread's error must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Session(engine) as s:
+        assert s.exec(select(func.count()).select_from(MailEvent)).one() == 50
+        assert s.exec(select(func.count()).select_from(WriteIntent)).one() == 1
