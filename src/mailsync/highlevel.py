@@ -1,0 +1,272 @@
+"""HighLevel (LeadConnector) API v2 client for one location: tags, notes, contacts.
+
+Every call returns an `Outcome`; only a 401 that survives a token refresh (or any 401 on a
+static token) raises `HighLevelAuthError`, because it stops the whole location.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from mailsync.auth import AuthError, HighLevelAuth, Secret, StaticTokenAuth
+from mailsync.http import DEFAULT_TIMEOUT, ApiClient, Outcome, Sleep, describe_status
+from mailsync.ratelimit import RateLimitSnapshot, WindowPacer, highlevel_pacer
+from mailsync.redact import get_logger, redact
+
+log = get_logger("mailsync.highlevel")
+
+API_VERSION = "2021-07-28"
+DEFAULT_DAILY_RESERVE = 1000
+
+
+class HighLevelError(Exception):
+    """A HighLevel problem that is not a per-call outcome."""
+
+
+class HighLevelAuthError(HighLevelError, AuthError):
+    """The location's token was refused (after one refresh, for OAuth). Fatal for it."""
+
+
+def _contact_path(contact_id: str, suffix: str = "") -> str:
+    if not isinstance(contact_id, str) or not contact_id.strip():
+        raise ValueError("contact_id must be a non-empty string")
+    # Quoted so an odd id can never reach another endpoint.
+    return f"/contacts/{quote(contact_id, safe='')}{suffix}"
+
+
+def _tag_list(tags: Sequence[str]) -> list[str]:
+    if isinstance(tags, str):
+        raise TypeError("tags must be a sequence of strings, not one string")
+    cleaned = [t for t in tags if isinstance(t, str) and t.strip()]
+    if not cleaned or len(cleaned) != len(tags):
+        raise ValueError("tags must be a non-empty list of non-empty strings")
+    return cleaned
+
+
+def _field(data: object, key: str) -> Any:
+    return data.get(key) if isinstance(data, dict) else None
+
+
+class HighLevelClient(ApiClient):
+    """One location's HighLevel client. Concurrent use from many coroutines is expected.
+
+    `auth` is a `StaticTokenAuth`/`OAuthTokenAuth`, or a plain token (Private Integration
+    Token). Writes are refused with outcome `deferred` once the day's remaining requests
+    fall to `daily_reserve`.
+    """
+
+    service = "HighLevel"
+
+    def __init__(
+        self,
+        base_url: str,
+        location_id: str,
+        auth: HighLevelAuth | Secret | str,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        pacer: WindowPacer | None = None,
+        daily_reserve: int = DEFAULT_DAILY_RESERVE,
+        *,
+        max_attempts: int = 5,
+        max_retry_after: float = 120.0,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not location_id:
+            raise ValueError("location_id is required")
+        super().__init__(
+            base_url,
+            transport=transport,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            max_retry_after=max_retry_after,
+            sleep=sleep,
+            rng=rng,
+            headers={"Version": API_VERSION},
+        )
+        self.location_id = location_id
+        self.auth: HighLevelAuth = (
+            StaticTokenAuth(auth) if isinstance(auth, Secret | str) else auth
+        )
+        self.pacer = pacer if pacer is not None else highlevel_pacer(location_id)
+        self.daily_reserve = daily_reserve
+        self.throttled = 0  # 429s this client received
+
+    def __repr__(self) -> str:
+        return f"HighLevelClient(location_id={self.location_id!r}, base_url={self.base_url!r})"
+
+    @property
+    def rate_limit(self) -> RateLimitSnapshot:
+        """The last `X-RateLimit-*` numbers seen for this location."""
+        return self.pacer.snapshot
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    async def _before_attempt(self, write: bool) -> Outcome | None:
+        if write and self.pacer.daily_exhausted(self.daily_reserve):
+            left = self.pacer.daily_remaining()
+            return Outcome(
+                status="deferred",
+                reason=f"daily quota: {left} requests left today for location "
+                f"{self.location_id}, {self.daily_reserve} kept in reserve; not sent",
+            )
+        await self.pacer.acquire()
+        return None
+
+    async def _auth_headers(self) -> dict[str, str]:
+        token = await self.auth.token(self.http)
+        return {"Authorization": f"Bearer {token.get()}"}
+
+    def _after_response(self, response: httpx.Response) -> None:
+        self.pacer.observe(response.headers)
+
+    def _on_throttled(self, retry_after: float | None) -> None:
+        self.throttled += 1
+        self.pacer.on_throttled(retry_after)
+        log.warning("HighLevel 429 for location %s; backing off", self.location_id)
+
+    async def _on_unauthorized(self, response: httpx.Response) -> bool:
+        if not self.auth.can_refresh:
+            return False
+        # The token this very request carried: concurrent callers that hit 401 with the
+        # same token then share one refresh (the auth adopts a token that already changed).
+        sent = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
+        await self.auth.refresh(self.http, Secret(sent) if sent else None)
+        return True
+
+    def _unauthorized_error(self, response: httpx.Response) -> Exception:
+        return HighLevelAuthError(
+            redact(
+                f"HighLevel refused the token for location {self.location_id}: "
+                f"{describe_status(response)}"
+            )
+        )
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def add_tags(self, contact_id: str, tags: Sequence[str]) -> Outcome:
+        """Add tags; `data` is the contact's full tag list as returned."""
+        out = await self.send(
+            "POST", _contact_path(contact_id, "/tags"), idempotent=True, write=True,
+            json={"tags": _tag_list(tags)},
+        )
+        return self._tags_result(out)
+
+    async def remove_tags(self, contact_id: str, tags: Sequence[str]) -> Outcome:
+        """Remove tags (DELETE with a JSON body); `data` is the remaining tag list."""
+        out = await self.send(
+            "DELETE", _contact_path(contact_id, "/tags"), idempotent=True, write=True,
+            json={"tags": _tag_list(tags)},
+        )
+        return self._tags_result(out)
+
+    @staticmethod
+    def _tags_result(out: Outcome) -> Outcome:
+        if not out.ok:
+            return out
+        tags = _field(out.data, "tags")
+        return out.model_copy(update={"data": tags if isinstance(tags, list) else None})
+
+    async def create_note(
+        self,
+        contact_id: str,
+        body: str,
+        *,
+        title: str | None = None,
+        user_id: str | None = None,
+    ) -> Outcome:
+        """Create a note; `remote_id` is the note id. Never retried once it may have been sent."""
+        if not isinstance(body, str) or not body.strip():
+            raise ValueError("a note needs a non-empty body")
+        payload: dict[str, Any] = {"body": body}
+        if title is not None:
+            payload["title"] = title
+        if user_id is not None:
+            payload["userId"] = user_id
+        out = await self.send(
+            "POST", _contact_path(contact_id, "/notes"), idempotent=False, write=True,
+            json=payload,
+        )
+        if not out.ok:
+            return out
+        note = _field(out.data, "note")
+        note_id = _field(note, "id")
+        return out.model_copy(
+            update={
+                "data": note if isinstance(note, dict) else out.data,
+                "remote_id": str(note_id) if note_id else None,
+            }
+        )
+
+    async def list_notes(self, contact_id: str) -> Outcome:
+        """All notes on a contact; `data` is the list of note dicts."""
+        out = await self.send("GET", _contact_path(contact_id, "/notes"), idempotent=True)
+        if not out.ok:
+            return out
+        notes = out.data if isinstance(out.data, list) else _field(out.data, "notes")
+        return out.model_copy(update={"data": notes if isinstance(notes, list) else []})
+
+    async def get_contact(self, contact_id: str) -> Outcome:
+        """One contact; `data` is the contact dict, `remote_id` its id."""
+        out = await self.send("GET", _contact_path(contact_id), idempotent=True)
+        return self._contact_result(out)
+
+    async def find_contact(self, email: str | None = None, phone: str | None = None) -> Outcome:
+        """The location's contact with this email, else this phone; `data` None if neither."""
+        queries = [("email", email), ("number", phone)]
+        queries = [(k, v.strip()) for k, v in queries if v and v.strip()]
+        if not queries:
+            raise ValueError("find_contact needs an email or a phone number")
+        attempts = 0
+        for key, value in queries:
+            out = await self.send(
+                "GET", "/contacts/search/duplicate", idempotent=True,
+                params={"locationId": self.location_id, key: value},
+            )
+            attempts += out.attempts
+            if not out.ok:
+                return out.model_copy(update={"attempts": attempts})
+            found = self._contact_result(out)
+            if found.data:
+                return found.model_copy(update={"attempts": attempts})
+        return Outcome(
+            status="ok", http_status=200, reason="no contact with that email or phone",
+            attempts=attempts,
+        )
+
+    async def upsert_contact(self, fields: Mapping[str, Any]) -> Outcome:
+        """Create or update a contact (never with tags: upsert replaces them all).
+
+        `remote_id` is the contact id; `data` the whole answer (`new`, `contact`, ...).
+        """
+        if any(k.casefold() == "tags" for k in fields):
+            raise ValueError("upsert replaces every tag on the contact: use add_tags instead")
+        payload = dict(fields)
+        if payload.setdefault("locationId", self.location_id) != self.location_id:
+            raise ValueError("fields['locationId'] is another location")
+        out = await self.send(
+            "POST", "/contacts/upsert", idempotent=False, write=True, json=payload
+        )
+        if not out.ok:
+            return out
+        contact_id = _field(_field(out.data, "contact"), "id")
+        return out.model_copy(update={"remote_id": str(contact_id) if contact_id else None})
+
+    @staticmethod
+    def _contact_result(out: Outcome) -> Outcome:
+        if not out.ok:
+            return out
+        # A 200 may carry `contact` missing, null or a dict.
+        contact = _field(out.data, "contact")
+        if not isinstance(contact, dict) or not contact:
+            return out.model_copy(update={"data": None})
+        contact_id = contact.get("id")
+        return out.model_copy(
+            update={"data": contact, "remote_id": str(contact_id) if contact_id else None}
+        )

@@ -1,0 +1,98 @@
+"""Process-wide secret redaction for log lines, exception text and reprs.
+
+Every secret value the process handles (tokens, API keys, client secrets, the Basic
+credential) is registered here once; `redact` then replaces any occurrence with `***`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from urllib.parse import quote, quote_plus
+
+MASK = "***"
+# Shorter values would mask innocent text (and cannot be real credentials anyway).
+_MIN_LENGTH = 6
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_ordered: tuple[str, ...] = ()
+
+# httpcore creates these child loggers at import; logger filters do not apply to records
+# propagated from children, so each known logger gets the filter itself.
+_LOGGER_ROOTS = ("mailsync", "httpx", "httpcore")
+_KNOWN_CHILDREN = (
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret so that `redact` masks it (and its URL-encoded forms) everywhere."""
+    global _ordered
+    if not value or len(value) < _MIN_LENGTH:
+        return
+    forms = {value, quote(value, safe=""), quote_plus(value)}
+    with _lock:
+        if forms <= _secrets:
+            return
+        _secrets.update(forms)
+        # Longest first, so a secret containing another is masked whole.
+        _ordered = tuple(sorted(_secrets, key=len, reverse=True))
+
+
+def redact(text: object) -> str:
+    """`text` as a string with every registered secret replaced by `***`."""
+    out = text if isinstance(text, str) else str(text)
+    for secret in _ordered:
+        if secret in out:
+            out = out.replace(secret, MASK)
+    return out
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that formats each record once and masks registered secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message (and cached exception text) in place; keep it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not hide the record
+            message = str(record.msg)
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_log_redaction(extra_loggers: tuple[str, ...] = ()) -> None:
+    """Attach the redacting filter to mailsync's, httpx's and httpcore's loggers (idempotent).
+
+    Also covers child loggers of those that already exist, since logger filters only see
+    records logged on their own logger.
+    """
+    names = set(_LOGGER_ROOTS) | set(_KNOWN_CHILDREN) | set(extra_loggers)
+    for name in list(logging.root.manager.loggerDict):
+        if any(name == root or name.startswith(root + ".") for root in _LOGGER_ROOTS):
+            names.add(name)
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger that redacts its own records even before `install_log_redaction` runs."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
