@@ -61,10 +61,10 @@ def test_cli_db_upgrade_on_empty_then_again(tmp_path, monkeypatch):
 def test_same_event_and_same_intent_twice_leave_one_row(db_url: str):
     engine = get_engine(db_url)
     with Session(engine) as s:
-        assert insert_ignore(s, [event(), event()]) == 1
-        assert insert_ignore(s, [event()]) == 0
-        assert insert_ignore(s, [tag_intent()]) == 1
-        assert insert_ignore(s, [tag_intent()]) == 0
+        assert insert_ignore(s, [event(), event()]) == ["e1"]
+        assert insert_ignore(s, [event()]) == []
+        assert len(insert_ignore(s, [tag_intent()])) == 1
+        assert insert_ignore(s, [tag_intent()]) == []
         s.commit()
     with Session(engine) as s:
         assert s.exec(select(func.count()).select_from(MailEvent)).one() == 1

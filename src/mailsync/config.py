@@ -56,6 +56,8 @@ class PostalyticsConfig(_Strict):
     account: str = "default"
     api_key_env: str | None = "POSTALYTICS_API_KEY"
     api_key_secret: str | None = None
+    requests_per_second: float = Field(default=3.0, gt=0)
+    """Postalytics allows 3 requests/s per API key; lower it if other tools share the key."""
 
     @property
     def api_key(self) -> SecretRef:

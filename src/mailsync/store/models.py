@@ -68,8 +68,8 @@ class Campaign(SQLModel, table=True):
     location_id: str = Field(max_length=64)
     newest_event_at: datetime | None = Field(default=None, sa_column=_ts())
     """The newest event time stored: the incremental cursor (with a lookback before it)."""
-    resume_page: int | None = None
-    """Set when a run hit its page cap mid-backfill: the next run continues from this page."""
+    resume_offset: int | None = None
+    """Set when a run hit its page cap: how many events from the top it had covered."""
     last_fetched_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
@@ -131,7 +131,7 @@ class WriteIntent(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    intent_key: str = Field(max_length=200)
+    intent_key: str = Field(max_length=400)
     """Makes a second identical intent impossible: see sync.plan for its forms."""
     kind: str = Field(max_length=8)
     location_id: str = Field(max_length=64)

@@ -14,14 +14,16 @@ _MAX_PARAMS = 30000
 
 
 def insert_ignore(
-    session: Session, objs: Sequence[SQLModel], conflict_cols: Iterable[str] | None = None
-) -> int:
-    """Insert model rows, skipping any that collide with a unique key; returns rows inserted.
+    session: Session, objs: Sequence[SQLModel], conflict_cols: Iterable[str] | None = None,
+    returning: str | None = None,
+) -> list[Any]:
+    """Insert model rows, skipping any that collide with a unique key; returns the inserted
+    rows' `returning` column (default: the first primary-key column).
 
     Safe under races: two connections inserting the same key leave one row and no error.
     """
     if not objs:
-        return 0
+        return []
     table: Table = type(objs[0]).__table__  # type: ignore[attr-defined]
     # An autoincrement id left as None must be omitted, not sent as NULL (PostgreSQL refuses it).
     rows: list[dict[str, Any]] = [
@@ -34,11 +36,11 @@ def insert_ignore(
     cols = list(conflict_cols) if conflict_cols is not None else None
     per_row = max(len(rows[0]), 1)
     chunk = max(1, _MAX_PARAMS // per_row)
-    inserted = 0
+    inserted: list[Any] = []
     for start in range(0, len(rows), chunk):
         stmt = ins(table).values(list(rows[start:start + chunk]))
         stmt = stmt.on_conflict_do_nothing(index_elements=cols)
         # rowcount is -1 under psycopg's multi-row inserts; RETURNING counts on both databases.
-        pk = next(iter(table.primary_key.columns))
-        inserted += len(session.execute(stmt.returning(pk)).all())
+        out = table.c[returning] if returning else next(iter(table.primary_key.columns))
+        inserted.extend(session.execute(stmt.returning(out)).scalars().all())
     return inserted

@@ -23,7 +23,7 @@ def upgrade() -> None:
     sa.Column('country', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=False),
     sa.Column('location_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('newest_event_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('resume_page', sa.Integer(), nullable=True),
+    sa.Column('resume_offset', sa.Integer(), nullable=True),
     sa.Column('last_fetched_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('drop_id')
     )
@@ -95,7 +95,7 @@ def upgrade() -> None:
     )
     op.create_table('write_ledger',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('intent_key', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('intent_key', sqlmodel.sql.sqltypes.AutoString(length=400), nullable=False),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
     sa.Column('location_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('drop_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),

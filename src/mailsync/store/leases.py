@@ -1,0 +1,69 @@
+"""Location leases: one worker applies a location's writes at a time, so its pacing holds.
+
+A lease expires unless renewed; a dead worker's lease is taken over once it has expired.
+Each acquire or renew is one conditional UPDATE (or INSERT), atomic on both databases.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from mailsync.store.models import LocationLease, utcnow
+from mailsync.store.ops import insert_ignore
+
+DEFAULT_TTL = timedelta(seconds=90)
+
+
+def worker_identity() -> str:
+    """A name for this process that is unique across machines and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def acquire_lease(engine: Engine, location_id: str, holder: str,
+                  ttl: timedelta = DEFAULT_TTL) -> bool:
+    """Take or renew the location's lease; False when another live holder has it."""
+    now = utcnow()
+    with Session(engine) as s:
+        result = s.execute(
+            update(LocationLease)
+            .where(LocationLease.location_id == location_id)  # type: ignore[arg-type]
+            .where(or_(LocationLease.holder == holder,  # type: ignore[arg-type]
+                       LocationLease.expires_at < now))  # type: ignore[arg-type]
+            .values(holder=holder, expires_at=now + ttl)
+        )
+        if result.rowcount == 1:
+            s.commit()
+            return True
+        got = insert_ignore(s, [LocationLease(location_id=location_id, holder=holder,
+                                              expires_at=now + ttl, acquired_at=now)])
+        s.commit()
+        return bool(got)
+
+
+def release_lease(engine: Engine, location_id: str, holder: str) -> None:
+    """Give the lease up early so another worker need not wait for it to expire."""
+    with Session(engine) as s:
+        s.execute(
+            update(LocationLease)
+            .where(LocationLease.location_id == location_id)  # type: ignore[arg-type]
+            .where(LocationLease.holder == holder)  # type: ignore[arg-type]
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        s.commit()
+
+
+def lease_holder(engine: Engine, location_id: str) -> str | None:
+    """Who holds the location's lease now, if anyone."""
+    with Session(engine) as s:
+        lease = s.exec(select(LocationLease).where(
+            LocationLease.location_id == location_id)).first()
+        if lease is None or lease.expires_at < utcnow():
+            return None
+        return lease.holder

@@ -1,0 +1,316 @@
+"""Apply one location's ledger rows to HighLevel: resolve, settle, tag, note, record.
+
+Per contact: one call removing retrigger tags, one call adding every new tag, then its notes
+one by one. A note's row is marked `unknown` (and committed) *before* its POST, so a crash or a
+cut connection after the POST leaves a row that is settled by reading the contact's notes for
+its marker; it is never blindly re-sent. A `done` row is never selected again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, tuple_, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from mailsync.codes import tag_key
+from mailsync.highlevel import HighLevelClient
+from mailsync.store.leases import DEFAULT_TTL, acquire_lease, release_lease
+from mailsync.store.models import WriteIntent, WriteKind, WriteStatus, utcnow
+from mailsync.sync.notes import has_marker
+from mailsync.sync.resolve import forget_link, load_recipients, resolve
+
+log = logging.getLogger("mailsync.apply")
+
+SYNC_STATUSES = (WriteStatus.pending, WriteStatus.unknown, WriteStatus.failed)
+"""What a scheduled run picks up; `rejected` waits for a fix and a replay."""
+MAX_AUTO_ATTEMPTS = 8
+"""A `failed` row is retried by later runs until it has been tried this often."""
+DAILY_QUOTA_REASON = "daily quota: HighLevel's daily request budget is nearly spent"
+_STATUS_OF = {"ok": WriteStatus.done, "rejected": WriteStatus.rejected,
+              "failed": WriteStatus.failed, "unknown": WriteStatus.unknown,
+              "deferred": WriteStatus.pending}
+
+
+@dataclass
+class ApplyResult:
+    """What one location's apply did."""
+
+    location_id: str
+    outcomes: dict[str, int] = field(default_factory=dict)
+    calls: int = 0
+    stopped: str | None = None
+    """Why the apply stopped early (lease lost or held elsewhere, daily quota)."""
+
+    def count(self, status: str, n: int = 1) -> None:
+        """Add n rows that ended with this status."""
+        self.outcomes[status] = self.outcomes.get(status, 0) + n
+
+
+@dataclass
+class ApplyOptions:
+    """Which rows to apply and how (sync and replay differ only here)."""
+
+    statuses: Sequence[str] = SYNC_STATUSES
+    drop_ids: Sequence[str] | None = None
+    since: datetime | None = None
+    reresolve: bool = False
+    create_missing: frozenset[str] = frozenset()
+    """Drop ids whose recipients without a contact get one created (upsert, no tags)."""
+    concurrency: int = 8
+    chunk_recipients: int = 200
+    holder: str | None = None
+    lease_ttl: timedelta = DEFAULT_TTL
+
+
+Progress = Callable[[str, int], None]
+
+
+def _mark(engine: Engine, ids: Iterable[int], status: str, *, http_status: int | None = None,
+          reason: str | None = None, remote_id: str | None = None, attempt: bool = False,
+          contact_id: str | None = None) -> None:
+    ids = list(ids)
+    if not ids:
+        return
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "reason": reason, "updated_at": now}
+    if http_status is not None:
+        values["last_http_status"] = http_status
+    if remote_id is not None:
+        values["remote_id"] = remote_id
+    if contact_id is not None:
+        values["contact_id"] = contact_id
+    if attempt:
+        values["attempts"] = WriteIntent.attempts + 1  # type: ignore[operator]
+        values["last_attempt_at"] = now
+        values["first_attempt_at"] = func.coalesce(WriteIntent.first_attempt_at, now)
+    with Session(engine) as s:
+        s.execute(update(WriteIntent).where(col(WriteIntent.id).in_(ids)).values(**values))
+        s.commit()
+
+
+def open_recipients(engine: Engine, location_id: str, opts: ApplyOptions) -> list[tuple[str, str]]:
+    """(drop_id, recipient_key) pairs with rows to apply, oldest first."""
+    with Session(engine) as s:
+        q = _filter(select(WriteIntent.drop_id, WriteIntent.recipient_key), location_id, opts)
+        q = q.group_by(WriteIntent.drop_id, WriteIntent.recipient_key).order_by(
+            func.min(WriteIntent.id))
+        return [(d, r) for d, r in s.exec(q).all()]
+
+
+def _filter(q: Any, location_id: str, opts: ApplyOptions) -> Any:
+    q = q.where(WriteIntent.location_id == location_id,
+                col(WriteIntent.status).in_(list(opts.statuses)))
+    if WriteStatus.failed in opts.statuses and opts.statuses == SYNC_STATUSES:
+        q = q.where((WriteIntent.status != WriteStatus.failed)
+                    | (col(WriteIntent.attempts) < MAX_AUTO_ATTEMPTS))
+    if opts.drop_ids:
+        q = q.where(col(WriteIntent.drop_id).in_(list(opts.drop_ids)))
+    if opts.since is not None:
+        q = q.where(col(WriteIntent.created_at) >= opts.since)
+    return q
+
+
+class _Applier:
+    def __init__(self, engine: Engine, hl: HighLevelClient, location_id: str,
+                 opts: ApplyOptions, progress: Progress | None) -> None:
+        self.engine, self.hl, self.location_id = engine, hl, location_id
+        self.opts, self.progress = opts, progress
+        self.result = ApplyResult(location_id)
+        self.stop: str | None = None
+        self.sem = asyncio.Semaphore(opts.concurrency)
+
+    def _done(self, status: str, n: int = 1) -> None:
+        self.result.count(status, n)
+        if self.progress:
+            self.progress(self.location_id, n)
+
+    def _record(self, rows: Sequence[WriteIntent], outcome: Any, *, attempt: bool) -> str:
+        """Store a call's outcome on its rows; returns the rows' new status."""
+        status = _STATUS_OF[outcome.status]
+        reason = DAILY_QUOTA_REASON if outcome.status == "deferred" else (
+            None if status == WriteStatus.done else outcome.reason)
+        _mark(self.engine, [r.id for r in rows if r.id is not None], status,
+              http_status=outcome.http_status, reason=reason,
+              remote_id=outcome.remote_id if status == WriteStatus.done else None,
+              attempt=attempt and outcome.status != "deferred")
+        if outcome.status == "deferred":
+            self.stop = DAILY_QUOTA_REASON
+        elif outcome.status == "rejected" and outcome.http_status == 404:
+            # The contact we linked to is gone: forget the link so a replay looks again.
+            for key in {r.recipient_key for r in rows}:
+                forget_link(self.engine, self.location_id, key)
+        self.result.calls += 1
+        self._done(status, len(rows))
+        return status
+
+    async def run_chunk(self, pairs: list[tuple[str, str]]) -> None:
+        with Session(self.engine) as s:
+            q = _filter(select(WriteIntent), self.location_id, self.opts).where(
+                tuple_(WriteIntent.drop_id, WriteIntent.recipient_key).in_(pairs)
+            ).order_by(col(WriteIntent.id))
+            rows = list(s.exec(q).all())
+        if self.opts.reresolve:
+            for r in rows:
+                if r.status == WriteStatus.rejected:
+                    r.contact_id = None
+        await self._resolve([r for r in rows if r.contact_id is None])
+        by_contact: dict[str, list[WriteIntent]] = defaultdict(list)
+        for r in rows:
+            if r.contact_id is not None:
+                by_contact[r.contact_id].append(r)
+        await asyncio.gather(*(self._contact(c, rs) for c, rs in by_contact.items()))
+
+    async def _resolve(self, rows: list[WriteIntent]) -> None:
+        if not rows:
+            return
+        pairs: dict[tuple[str, str], list[WriteIntent]] = defaultdict(list)
+        for r in rows:
+            pairs[(r.drop_id, r.recipient_key)].append(r)
+        who = load_recipients(self.engine, set(pairs))
+
+        async def one(pair: tuple[str, str], its_rows: list[WriteIntent]) -> None:
+            if pair not in who:
+                _mark(self.engine, [r.id for r in its_rows if r.id], WriteStatus.rejected,
+                      reason="the event behind this write is no longer stored")
+                self._done(WriteStatus.rejected, len(its_rows))
+                return
+            async with self.sem:
+                if self.stop:
+                    return
+                res = await resolve(self.engine, self.hl, self.location_id, who[pair],
+                                    reresolve=self.opts.reresolve,
+                                    create_missing=pair[0] in self.opts.create_missing)
+            ids = [r.id for r in its_rows if r.id is not None]
+            if res.contact_id:
+                _mark(self.engine, ids, WriteStatus.pending, contact_id=res.contact_id)
+                for r in its_rows:
+                    r.contact_id = res.contact_id
+                    if r.status == WriteStatus.rejected:
+                        r.status = WriteStatus.pending
+            elif res.status == "rejected":
+                _mark(self.engine, ids, WriteStatus.rejected, reason=res.reason,
+                      http_status=res.http_status, attempt=True)
+                self._done(WriteStatus.rejected, len(ids))
+            else:  # HighLevel did not answer the lookup: stay pending for the next run
+                _mark(self.engine, ids, WriteStatus.pending, reason=res.reason,
+                      http_status=res.http_status)
+                self._done(WriteStatus.pending, len(ids))
+
+        await asyncio.gather(*(one(p, rs) for p, rs in pairs.items()))
+
+    async def _contact(self, contact_id: str, rows: list[WriteIntent]) -> None:
+        async with self.sem:
+            if self.stop:
+                return
+            notes = [r for r in rows if r.kind == WriteKind.note]
+            if any(r.status == WriteStatus.unknown for r in notes):
+                notes = await self._settle(contact_id, notes)
+            for kind, call in ((WriteKind.untag, self.hl.remove_tags),
+                               (WriteKind.tag, self.hl.add_tags)):
+                batch = [r for r in rows if r.kind == kind]
+                if batch and not self.stop:
+                    await self._tags(contact_id, batch, call, check=kind == WriteKind.tag)
+            for note in sorted(notes, key=lambda r: r.id or 0):
+                if self.stop:
+                    return
+                _mark(self.engine, [note.id], WriteStatus.unknown, reason="sent, no answer yet",
+                      attempt=True)  # type: ignore[list-item]
+                outcome = await self.hl.create_note(contact_id, note.body or "")
+                self._record([note], outcome, attempt=False)
+
+    async def _settle(self, contact_id: str, notes: list[WriteIntent]) -> list[WriteIntent]:
+        """Find unknown notes on the contact by marker; returns the notes still to send."""
+        listing = await self.hl.list_notes(contact_id)
+        self.result.calls += 1
+        if listing.status != "ok":
+            # Cannot tell whether they landed: leave them unknown, send none of them now.
+            return [n for n in notes if n.status != WriteStatus.unknown]
+        remote = [n for n in (listing.data or []) if isinstance(n, dict)]
+        still: list[WriteIntent] = []
+        for note in notes:
+            if note.status != WriteStatus.unknown:
+                still.append(note)
+                continue
+            found = next((n for n in remote if has_marker(n.get("body"), note.marker or "")), None)
+            if found is not None:
+                _mark(self.engine, [note.id], WriteStatus.done,  # type: ignore[list-item]
+                      remote_id=str(found.get("id") or ""), reason=None)
+                self._done(WriteStatus.done)
+            else:
+                still.append(note)
+        return still
+
+    async def _tags(self, contact_id: str, batch: list[WriteIntent], call: Any,
+                    check: bool) -> None:
+        wanted: dict[str, str] = {}
+        for r in batch:
+            wanted.setdefault(tag_key(r.tag or ""), r.tag or "")
+        outcome = await call(contact_id, list(wanted.values()))
+        if check and outcome.status == "ok" and isinstance(outcome.data, list):
+            kept = {tag_key(str(t)) for t in outcome.data}
+            missing = [r for r in batch if tag_key(r.tag or "") not in kept]
+            if missing:
+                _mark(self.engine, [r.id for r in missing if r.id], WriteStatus.failed,
+                      http_status=outcome.http_status, attempt=True,
+                      reason="HighLevel answered but the tag is not on the contact")
+                self._done(WriteStatus.failed, len(missing))
+                batch = [r for r in batch if r not in missing]
+        if outcome.status == "unknown":  # tag writes are idempotent: just send again later
+            outcome = outcome.model_copy(update={"status": "failed"})
+        self._record(batch, outcome, attempt=True)
+
+
+async def apply_location(engine: Engine, hl: HighLevelClient, location_id: str,
+                         opts: ApplyOptions | None = None,
+                         progress: Progress | None = None) -> ApplyResult:
+    """Apply every selected ledger row of one location; holds the location's lease if asked."""
+    opts = opts or ApplyOptions()
+    applier = _Applier(engine, hl, location_id, opts, progress)
+    holder = opts.holder
+    if holder and not acquire_lease(engine, location_id, holder, opts.lease_ttl):
+        applier.result.stopped = "another worker holds this location's lease"
+        return applier.result
+    keeper = asyncio.create_task(_keep_lease(engine, location_id, holder, opts.lease_ttl,
+                                             applier)) if holder else None
+    try:
+        pairs = open_recipients(engine, location_id, opts)
+        for start in range(0, len(pairs), opts.chunk_recipients):
+            if applier.stop:
+                break
+            await applier.run_chunk(pairs[start:start + opts.chunk_recipients])
+        if applier.stop == DAILY_QUOTA_REASON:
+            _defer_rest(engine, location_id, opts)
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            release_lease(engine, location_id, holder)  # type: ignore[arg-type]
+    applier.result.stopped = applier.stop
+    return applier.result
+
+
+def _defer_rest(engine: Engine, location_id: str, opts: ApplyOptions) -> None:
+    with Session(engine) as s:
+        ids = s.exec(_filter(select(WriteIntent.id), location_id, opts).where(
+            WriteIntent.status == WriteStatus.pending)).all()
+    _mark(engine, [i for i in ids if i is not None], WriteStatus.pending, reason=DAILY_QUOTA_REASON)
+
+
+async def _keep_lease(engine: Engine, location_id: str, holder: str | None, ttl: timedelta,
+                      applier: _Applier) -> None:
+    while True:
+        await asyncio.sleep(ttl.total_seconds() / 3)
+        if not acquire_lease(engine, location_id, holder or "", ttl):
+            applier.stop = "lost the location's lease to another worker"
+            log.warning("location %s: lease lost; stopping its apply", location_id)
+            return

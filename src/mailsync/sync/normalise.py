@@ -1,0 +1,203 @@
+"""Raw Postalytics events → MailEvent rows, or quarantine with a reason.
+
+The live event shape is undocumented, so keys are matched case- and underscore-insensitively
+through one alias table (`FIELD_ALIASES`): when the real shape is seen, only that changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mailsync.codes import EventCode, UnknownEventLabel, parse_code
+from mailsync.store.models import MailEvent, QuarantinedEvent
+
+# Folded key (lower case, no underscores or dashes) → our field. First match wins.
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    # Not the webhook's mailId: that names the piece, and a piece has many events.
+    "event_id": ("eventid", "id"),
+    "label": ("event", "eventtype", "eventname", "status", "type"),
+    "event_at": ("eventdate", "eventdatetime", "date", "timestamp", "createdat"),
+    "expected_delivery": ("expecteddeliverydate", "expecteddelivery"),
+    "recipient_id": ("dataid", "contactid", "recipientid"),
+    "first_name": ("firstname", "first"),
+    "last_name": ("lastname", "last"),
+    "email": ("email", "emailaddress"),
+    "phone": ("phone", "phonenumber", "mobile"),
+    "var_fields": ("varfields", "variablefields", "fields"),
+    "metadata": ("metadata", "meta"),
+    "url": ("url", "purl", "visitedurl"),
+}
+# Containers the recipient fields may be nested in (the webhook's `To` section).
+RECIPIENT_CONTAINERS = ("to", "recipient", "contact")
+
+MAX_LEN = {"event_id": 64, "recipient_id": 64, "first_name": 255, "last_name": 255,
+           "email": 320, "phone": 64, "expected_delivery": 32, "url": 2048,
+           "carried_contact_id": 255, "label": 64}
+MAX_PAYLOAD_CHARS = 20000
+
+
+class BadEvent(ValueError):
+    """A raw event that cannot become a MailEvent; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """The outcome for one raw event: exactly one of `event` and `quarantine` is set."""
+
+    event: MailEvent | None = None
+    quarantine: QuarantinedEvent | None = None
+
+    @property
+    def key(self) -> str:
+        """The store key this raw event is known by (event key or quarantine fingerprint)."""
+        if self.event is not None:
+            return self.event.key
+        assert self.quarantine is not None
+        return self.quarantine.fingerprint
+
+
+def _fold(key: str) -> str:
+    return key.replace("_", "").replace("-", "").casefold()
+
+
+def _folded(obj: dict[str, Any]) -> dict[str, Any]:
+    return {_fold(k): v for k, v in obj.items() if isinstance(k, str)}
+
+
+def _pick(folded: dict[str, Any], field: str) -> Any:
+    for alias in FIELD_ALIASES[field]:
+        if alias in folded and folded[alias] is not None:
+            return folded[alias]
+    return None
+
+
+def _text(field: str, value: Any, *, required: bool = False) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise BadEvent(f"missing {field}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadEvent(f"{field} has the wrong type ({type(value).__name__})")
+    text = str(value).strip()
+    limit = MAX_LEN.get(field)
+    if limit is not None and len(text) > limit:
+        raise BadEvent(f"{field} is {len(text)} characters long (at most {limit})")
+    return text or None
+
+
+def parse_time(value: Any) -> datetime:
+    """An event time as aware UTC: ISO 8601 (naive means UTC) or epoch seconds/milliseconds."""
+    if isinstance(value, bool) or value is None or value == "":
+        raise BadEvent("missing event date")
+    if isinstance(value, int | float):
+        seconds = value / 1000 if value > 10**11 else value
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise BadEvent(f"event date {value!r} is out of range") from None
+    if not isinstance(value, str):
+        raise BadEvent(f"event date has the wrong type ({type(value).__name__})")
+    text = value.strip()
+    if len(text) > 40:
+        raise BadEvent("event date is not a date")
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadEvent(f"event date {text!r} is not an ISO 8601 date") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def short_hash(*parts: object, length: int = 32) -> str:
+    """A stable hex digest of the parts, for deterministic keys."""
+    joined = "\x1f".join("" if p is None else str(p) for p in parts)
+    return hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()[:length]
+
+
+def recipient_key(recipient_id: str | None, email: str | None, phone: str | None,
+                  first: str | None, last: str | None) -> str:
+    """Postalytics' recipient id when it sends one, else a hash of who the piece went to."""
+    if recipient_id:
+        return f"d:{recipient_id}"[:80]
+    if not (email or phone or first or last):
+        raise BadEvent("no recipient: no DataId, email, phone or name")
+    return "h:" + short_hash((email or "").casefold(), phone, first, last, length=40)
+
+
+def payload_text(raw: object) -> str:
+    """The raw payload as stored in quarantine (canonical JSON, capped in size)."""
+    try:
+        text = json.dumps(raw, sort_keys=True, default=repr, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(raw)
+    if len(text) > MAX_PAYLOAD_CHARS:
+        text = text[:MAX_PAYLOAD_CHARS] + f"... [{len(text) - MAX_PAYLOAD_CHARS} more chars]"
+    return text
+
+
+def normalise(raw: object, drop_id: str, contact_id_field: str | None = None,
+              run_id: str | None = None) -> Normalised:
+    """Turn one raw event into a MailEvent, or into a QuarantinedEvent with the reason."""
+    try:
+        return Normalised(event=_to_event(raw, drop_id, contact_id_field, run_id))
+    except BadEvent as exc:
+        reason = str(exc)
+    except UnknownEventLabel as exc:
+        reason = str(exc)
+    except Exception as exc:  # never a crash on bad input: keep it with the reason
+        reason = f"unreadable event ({exc.__class__.__name__})"
+    payload = payload_text(raw)
+    return Normalised(quarantine=QuarantinedEvent(
+        fingerprint="q:" + short_hash(drop_id, payload, length=40), drop_id=drop_id,
+        payload=payload, reason=reason, run_id=run_id))
+
+
+def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
+              run_id: str | None) -> MailEvent:
+    if not isinstance(raw, dict):
+        raise BadEvent(f"event is a {type(raw).__name__}, not an object")
+    top = _folded(raw)
+    # Recipient fields may sit at the top or in a nested section (the webhook's `To`).
+    person = dict(top)
+    for container in RECIPIENT_CONTAINERS:
+        if isinstance(top.get(container), dict):
+            person = {**_folded(top[container]), **person}
+
+    label = _pick(top, "label")
+    if label is None:
+        raise BadEvent("missing event label")
+    if isinstance(label, str) and len(label) > MAX_LEN["label"]:
+        raise BadEvent(f"event label is {len(label)} characters long")
+    code = parse_code(label)
+    if code in (EventCode.NONE,):
+        raise BadEvent("status None: not a mail event")
+    event_at = parse_time(_pick(top, "event_at"))
+
+    meta = _pick(top, "metadata")
+    meta = _folded(meta) if isinstance(meta, dict) else {}
+    url = _text("url", _pick(meta, "url") or _pick(top, "url"))
+
+    var_fields = _pick(top, "var_fields") or _pick(meta, "var_fields")
+    carried = None
+    if contact_id_field and isinstance(var_fields, dict):
+        carried = _text("carried_contact_id", _folded(var_fields).get(_fold(contact_id_field)))
+
+    recipient_id = _text("recipient_id", _pick(person, "recipient_id"))
+    first = _text("first_name", _pick(person, "first_name"))
+    last = _text("last_name", _pick(person, "last_name"))
+    email = _text("email", _pick(person, "email"))
+    phone = _text("phone", _pick(person, "phone"))
+    rkey = recipient_key(recipient_id, email, phone, first, last)
+
+    event_id = _text("event_id", _pick(top, "event_id"))
+    key = (f"e:{drop_id}:{event_id}" if event_id
+           else "h:" + short_hash(drop_id, rkey, code.value, event_at.isoformat(), url))
+    return MailEvent(
+        key=key[:80], drop_id=drop_id, recipient_key=rkey, code=code.value, event_at=event_at,
+        expected_delivery=_text("expected_delivery", _pick(top, "expected_delivery")),
+        url=url, first_name=first, last_name=last, email=email, phone=phone,
+        carried_contact_id=carried, run_id=run_id,
+    )

@@ -1,0 +1,47 @@
+"""New events → write intents for the ledger. Pure: no I/O.
+
+Intent keys make a second identical intent impossible (the ledger's unique column):
+- `tag|<drop>|<recipient>|<code>`: a tag, once per recipient and code, ever;
+- `tag|<drop>|<recipient>|<code>|<event>` and `untag|<event>`: a retrigger code's removal and
+  re-add for one event, so HighLevel workflows fire on every visit;
+- `note|<event>`: one note per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from mailsync.codes import EventCode, tag_for
+from mailsync.config import CampaignConfig
+from mailsync.store.models import MailEvent, WriteIntent, WriteKind
+from mailsync.sync.notes import marker_for, note_body
+
+
+def plan_writes(events: Iterable[MailEvent], campaign: CampaignConfig,
+                run_id: str | None = None) -> list[WriteIntent]:
+    """The ledger rows that new events of a campaign cause."""
+    selected = campaign.selected_codes
+    retrigger = set(campaign.retrigger)
+    rows: list[WriteIntent] = []
+    for event in events:
+        code = EventCode(event.code)
+        if code not in selected:
+            continue
+        common = {"location_id": campaign.location, "drop_id": event.drop_id,
+                  "recipient_key": event.recipient_key, "event_key": event.key,
+                  "code": code.value, "contact_id": None, "run_id": run_id}
+        tag = tag_for(code)
+        if code in retrigger:
+            rows.append(WriteIntent(intent_key=f"untag|{event.key}", kind=WriteKind.untag,
+                                    tag=tag, **common))
+            rows.append(WriteIntent(
+                intent_key=f"tag|{event.drop_id}|{event.recipient_key}|{code.value}|{event.key}",
+                kind=WriteKind.tag, tag=tag, **common))
+        else:
+            rows.append(WriteIntent(
+                intent_key=f"tag|{event.drop_id}|{event.recipient_key}|{code.value}",
+                kind=WriteKind.tag, tag=tag, **common))
+        rows.append(WriteIntent(intent_key=f"note|{event.key}", kind=WriteKind.note,
+                                body=note_body(event, campaign.name),
+                                marker=marker_for(event.key), **common))
+    return rows
