@@ -195,7 +195,7 @@ class FaultPlan:
         return Fault()
 
 
-class ConnectionCut(Exception):  # noqa: N818 - it is an event, not an error condition
+class ConnectionCut(Exception):
     """Raised after a deliberate connection cut; the outermost wrapper swallows it."""
 
 

@@ -25,7 +25,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route, Router
 
 from mailsync.sandbox import openapi
-from mailsync.sandbox.faults import FaultPlan, Message, Receive, Scope, Send, run_with_fault, send_json
+from mailsync.sandbox.faults import (
+    FaultPlan,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    run_with_fault,
+    send_json,
+)
 from mailsync.sandbox.limits import HighLevelLimits, Stats
 from mailsync.sandbox.scenario import Location
 
@@ -289,7 +297,8 @@ class Auth:
         A repeat of the just-rotated refresh token within 30 s (scaled) gets the same pair
         back, as HighLevel does for concurrent refreshes; any other old token is refused.
         """
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+        if (form.get("client_id"), form.get("client_secret")) != (self.client_id,
+                                                                   self.client_secret):
             return 401, error_body(401, "Invalid client credentials")
         if form.get("grant_type") != "refresh_token":
             return 400, error_body(400, "The sandbox supports grant_type=refresh_token only")

@@ -18,7 +18,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route, Router
 
-from mailsync.sandbox.faults import FaultPlan, Message, Receive, Scope, Send, run_with_fault, send_json
+from mailsync.sandbox.faults import (
+    FaultPlan,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    run_with_fault,
+    send_json,
+)
 from mailsync.sandbox.limits import PostalyticsLimits, Stats
 from mailsync.sandbox.scenario import Scenario, clean_event, iso, messy_event, page_indices
 

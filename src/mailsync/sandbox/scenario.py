@@ -214,7 +214,8 @@ class Scenario:
                 if match == "email":  # the phone Postalytics has is not the CRM's (or none)
                     pl_phone = None if rng.random() < 0.5 else f"+1{area}9{data_id % 1_000_000:06d}"
                 elif match == "phone":  # the email differs (work address) or is missing
-                    pl_email = None if rng.random() < 0.4 else f"{first}.{data_id}@work.example.org".lower()
+                    work = f"{first}.{data_id}@work.example.org".lower()
+                    pl_email = None if rng.random() < 0.4 else work
                 elif match == "none":
                     hl_email = hl_phone = None
                     pl_email = f"{first}.{last}.{data_id}@elsewhere.example.net".lower()
@@ -250,7 +251,8 @@ class Scenario:
             for k in range(max(2, total // 30)):
                 self.hl_contacts.append({
                     "id": hl_id(rng), "locationId": loc.id, "firstName": "Other",
-                    "lastName": f"Contact{k}", "email": f"other{k}.{loc.id[:6]}@example.com".lower(),
+                    "lastName": f"Contact{k}",
+                    "email": f"other{k}.{loc.id[:6]}@example.com".lower(),
                     "phone": f"+1999{k:07d}", "tags": ["lead"], "address1": None, "city": None,
                     "state": None, "postalCode": None, "country": None})
 
