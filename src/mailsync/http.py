@@ -55,6 +55,13 @@ class Outcome(BaseModel):
         """Whether the call succeeded."""
         return self.status == "ok"
 
+    def __repr__(self) -> str:
+        # `data` is the server's body, which may echo anything we sent.
+        return redact(super().__repr__())
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
+
 
 # Errors raised before a single byte of the request can have reached the server.
 _NOTHING_SENT: tuple[type[Exception], ...] = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -53,33 +54,40 @@ def redact(text: object) -> str:
     return out
 
 
+def _scrub(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string must not hide the record
+        message = str(record.msg)
+    record.msg = redact(message)
+    record.args = None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+
+
 class RedactingFilter(logging.Filter):
     """A logging filter that formats each record once and masks registered secrets."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the record's message (and cached exception text) in place; keep it."""
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string must not hide the record
-            message = str(record.msg)
-        record.msg = redact(message)
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+        """Rewrite the record's message (and exception text) in place; always keep it."""
+        _scrub(record)
         return True
 
 
 _FILTER = RedactingFilter()
+_factory_installed = False
 
 
 def install_log_redaction(extra_loggers: tuple[str, ...] = ()) -> None:
-    """Attach the redacting filter to mailsync's, httpx's and httpcore's loggers (idempotent).
+    """Redact every log record: filters on mailsync's, httpx's and httpcore's loggers.
 
-    Also covers child loggers of those that already exist, since logger filters only see
-    records logged on their own logger.
+    Logger filters only see records logged on their own logger (not on children), so the
+    filter goes on every existing child too, and a log-record factory catches records from
+    loggers created later, whatever their name. Idempotent.
     """
+    global _factory_installed
     names = set(_LOGGER_ROOTS) | set(_KNOWN_CHILDREN) | set(extra_loggers)
     for name in list(logging.root.manager.loggerDict):
         if any(name == root or name.startswith(root + ".") for root in _LOGGER_ROOTS):
@@ -88,6 +96,19 @@ def install_log_redaction(extra_loggers: tuple[str, ...] = ()) -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+    with _lock:
+        if _factory_installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            if _ordered:
+                _scrub(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _factory_installed = True
 
 
 def get_logger(name: str) -> logging.Logger:
