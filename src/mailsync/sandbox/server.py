@@ -10,7 +10,6 @@ Every helper goes through real HTTP to the server itself, so it sees exactly wha
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from types import TracebackType
@@ -42,21 +41,20 @@ class SandboxServer:
 
     def start(self) -> SandboxServer:
         """Bind a free port, start serving, and wait until the server accepts connections."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                lifespan="off", timeout_keep_alive=30)
+        # Port 0 and read the port back: handing uvicorn a pre-bound socket instead skips
+        # TCP_NODELAY on accepted connections, which costs ~40 ms per keep-alive request.
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
+                                access_log=False, lifespan="off", timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"sandbox-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, name="sandbox-server",
+                                        daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the sandbox server did not start")
             time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
         self._client = httpx.Client(base_url=self.url, timeout=60)
         return self
 
