@@ -1,0 +1,148 @@
+"""`mailsync demo`: the whole job against the built-in sandbox, with faults, then a check.
+
+Also home of `sandbox_config`, which turns a sandbox manifest into a config file and the
+environment holding its secrets: the demo, the tests and the benchmarks all start from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailsync.config import Settings, load_settings
+from mailsync.sandbox.endstate import EndState, compare
+from mailsync.sync.context import SyncContext
+from mailsync.sync.runner import RunSummary, run_sync
+
+DEMO_FAULTS = "error=0.05,slow=0.02,reset=0.02,drop=0.03,burst429=0.01,slow_seconds=60"
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def sandbox_config(manifest: Mapping[str, Any], database_url: str, *,
+                   campaigns: Mapping[str, Mapping[str, Any]] | None = None,
+                   env_prefix: str = "MAILSYNC_SANDBOX") -> tuple[str, dict[str, str]]:
+    """A config file's text for a sandbox, and the environment variables it names.
+
+    `campaigns` adds per-drop settings (e.g. `{"40211": {"retrigger": ["pURLOpened"]}}`).
+    """
+    env = {f"{env_prefix}_POSTALYTICS_KEY": manifest["postalytics_api_key"]}
+    lines = [
+        "[database]", f"url = {_toml_str(database_url)}", "",
+        "[postalytics]", f"base_url = {_toml_str(manifest['postalytics_base_url'])}",
+        'account = "sandbox"', f'api_key_env = "{env_prefix}_POSTALYTICS_KEY"', "",
+        "[highlevel]", f"base_url = {_toml_str(manifest['highlevel_base_url'])}",
+        "daily_reserve = 0", "",
+    ]
+    for i, loc in enumerate(manifest["locations"], 1):
+        lines += ["[[locations]]", f"id = {_toml_str(loc['id'])}",
+                  f"name = {_toml_str(loc.get('name') or loc['id'])}"]
+        if loc.get("auth") == "oauth":
+            lines.append("[locations.oauth]")
+            for part in ("client_id", "client_secret", "refresh_token"):
+                var = f"{env_prefix}_LOC{i}_{part.upper()}"
+                env[var] = loc[part]
+                lines.append(f'{part}_env = "{var}"')
+        else:
+            var = f"{env_prefix}_LOC{i}_TOKEN"
+            env[var] = loc["token"]
+            lines.append(f'token_env = "{var}"')
+        lines.append("")
+    extra = campaigns or {}
+    for camp in manifest["campaigns"]:
+        lines += ["[[campaigns]]", f"drop_id = {_toml_str(str(camp['drop_id']))}",
+                  f"name = {_toml_str(camp['name'])}", f"location = {_toml_str(camp['location'])}",
+                  f"country = {_toml_str(camp['country'])}"]
+        if camp.get("contact_id_field"):
+            lines.append(f"contact_id_field = {_toml_str(camp['contact_id_field'])}")
+        for key, value in extra.get(str(camp["drop_id"]), {}).items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, list | tuple):
+                lines.append(f"{key} = [{', '.join(_toml_str(str(v)) for v in value)}]")
+            elif isinstance(value, int | float):
+                lines.append(f"{key} = {value}")
+            else:
+                lines.append(f"{key} = {_toml_str(str(value))}")
+        lines.append("")
+    return "\n".join(lines), env
+
+
+def write_sandbox_config(manifest: Mapping[str, Any], directory: Path, database_url: str,
+                         **kw: Any) -> tuple[Path, dict[str, str]]:
+    """Write the sandbox's config file into `directory`; returns its path and environment."""
+    text, env = sandbox_config(manifest, database_url, **kw)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "mailsync.sandbox.toml"
+    path.write_text(text, encoding="utf-8")
+    return path, env
+
+
+def end_state(sandbox: Any, settings: Settings) -> EndState:
+    """Compare a running sandbox's HighLevel with its truth, under these settings' codes."""
+    selected = {c.drop_id: c.selected_codes for c in settings.campaigns}
+    return compare(sandbox.truth(), sandbox.recipients(), sandbox.state(), selected)
+
+
+@dataclass
+class DemoResult:
+    """What the demo did and found."""
+
+    rounds: list[RunSummary]
+    end: EndState
+    report_files: list[Path]
+    stats: dict[str, Any]
+
+
+def run_demo(out_dir: Path, *, rounds: int = 6, hours_per_round: float = 24.0,
+             faults: str = DEMO_FAULTS, seed: int = 7, contacts: int = 60,
+             time_scale: float = 0.05, messy: bool = True,
+             say: Callable[[str], None] = print,
+             on_round: Callable[[int, RunSummary], None] | None = None) -> DemoResult:
+    """Start the sandbox, sync while its scenario advances (faults on), report, and check."""
+    from mailsync.sandbox.server import SandboxServer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db_path = out_dir / "demo.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    with SandboxServer(seed=seed, contacts=contacts, time_scale=time_scale, messy=messy) as sb:
+        manifest = sb.manifest()
+        say(f"Sandbox up at {sb.url}: {len(manifest['campaigns'])} campaigns, "
+            f"{len(manifest['locations'])} HighLevel locations, {contacts} recipients.")
+        path, env = write_sandbox_config(manifest, out_dir, f"sqlite:///{db_path}")
+        os.environ.update(env)
+        settings = load_settings(path)
+        ctx = SyncContext(settings, timeout=2.0)
+        sb.set_faults(faults)
+        say(f"Faults on: {faults}")
+        summaries: list[RunSummary] = []
+        for i in range(1, rounds + 2):
+            if i <= rounds:
+                adv = sb.advance(hours_per_round)
+                say(f"Round {i}: +{hours_per_round:g} h of mail, {adv['emitted']} new events "
+                    f"at Postalytics (clock {adv['clock']}).")
+            else:
+                sb.set_faults(None)
+                say("Final round with faults off: settle what the faults left open.")
+            summary = asyncio.run(run_sync(ctx))
+            summaries.append(summary)
+            if on_round:
+                on_round(i, summary)
+        end = end_state(sb, settings)
+        stats = sb.stats()
+    files = write_reports(ctx, out_dir)
+    return DemoResult(summaries, end, files, stats)
+
+
+def write_reports(ctx: SyncContext, out_dir: Path) -> list[Path]:
+    """The reconciliation report files (CSV, JSON, HTML) for everything in the store."""
+    from mailsync import report
+
+    return report.write_files(ctx.engine, out_dir)
