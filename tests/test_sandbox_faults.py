@@ -1,5 +1,9 @@
 """Injected faults, checked from the client's side over real HTTP."""
 
+# Fixtures are imported by name (conftest does not load them), so test arguments
+# "redefine" the imported names: that is how pytest fixtures work.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import httpx

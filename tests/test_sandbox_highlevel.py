@@ -1,5 +1,9 @@
 """The sandbox's HighLevel API over real HTTP: auth, validation, tags, notes, lookup, limits."""
 
+# Fixtures are imported by name (conftest does not load them), so test arguments
+# "redefine" the imported names: that is how pytest fixtures work.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import time
@@ -46,7 +50,8 @@ def test_other_locations_token_is_403(sandbox: SandboxServer) -> None:
         resp = c.post(f"/contacts/{cid}/tags", json={"tags": ["x"]})
         assert resp.status_code == 403
         assert resp.json()["message"] == "The token does not have access to this location."
-        dup = c.get("/contacts/search/duplicate", params={"locationId": mine["id"], "email": "a@b.c"})
+        dup = c.get("/contacts/search/duplicate",
+                    params={"locationId": mine["id"], "email": "a@b.c"})
         assert dup.status_code == 403
         up = c.post("/contacts/upsert", json={"locationId": mine["id"], "email": "a@b.c"})
         assert up.status_code == 403
@@ -78,8 +83,10 @@ def test_add_tags_201_lowercased_full_list_and_delete_with_body(sandbox: Sandbox
         assert resp.json()["tags"] == [*before, "postalytics event: mailed",
                                        "postalytics event: intransit"]
         assert_conforms(resp, "/contacts/{contactId}/tags")
-        again = c.post(f"/contacts/{contact['id']}/tags", json={"tags": ["POSTALYTICS EVENT: MAILED"]})
-        assert again.status_code == 201 and again.json()["tags"].count("postalytics event: mailed") == 1
+        again = c.post(f"/contacts/{contact['id']}/tags",
+                       json={"tags": ["POSTALYTICS EVENT: MAILED"]})
+        assert again.status_code == 201
+        assert again.json()["tags"].count("postalytics event: mailed") == 1
         # DELETE carries a JSON body; matching is case-insensitive.
         rm = c.request("DELETE", f"/contacts/{contact['id']}/tags",
                        json={"tags": ["Postalytics Event: Mailed"]})
@@ -89,7 +96,8 @@ def test_add_tags_201_lowercased_full_list_and_delete_with_body(sandbox: Sandbox
         no_body = c.request("DELETE", f"/contacts/{contact['id']}/tags")
         assert no_body.status_code == 422
         got = c.get(f"/contacts/{contact['id']}")
-        assert got.status_code == 200 and got.json()["contact"]["tags"][-1] == "postalytics event: intransit"
+        assert got.status_code == 200
+        assert got.json()["contact"]["tags"][-1] == "postalytics event: intransit"
         assert_conforms(got, "/contacts/{contactId}")
 
 

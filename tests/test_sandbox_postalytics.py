@@ -1,5 +1,9 @@
 """The sandbox's Postalytics API over real HTTP: Basic auth, 3 req/s, offset paging, shapes."""
 
+# Fixtures are imported by name (conftest does not load them), so test arguments
+# "redefine" the imported names: that is how pytest fixtures work.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import time
