@@ -8,7 +8,7 @@ middle of a change), so no locks are needed.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -61,7 +61,6 @@ class SandboxConfig:
     whitelist_bodies: bool = True
     malformed_rate: float = 0.03  # share of events served broken when messy
     start_hours: float = 0.0  # advance the clock this far before serving
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def fault_spec(self) -> FaultSpec:
         """The configured faults as a FaultSpec."""
