@@ -74,56 +74,66 @@ def run(coro: Any) -> Any:
 # -- FixedRateLimiter -----------------------------------------------------------------------
 
 
-def test_fixed_rate_spaces_slots_evenly() -> None:
-    vt = VirtualTime()
-    limiter = FixedRateLimiter(3, 1.0, margin=0.0, clock=vt.clock, sleep=vt.sleep)
+def stamps_of(pacer: WindowPacer, vt: VirtualTime, n: int, hold: float = 0.0) -> list[float]:
+    """Send `n` concurrent requests through the pacer, each answered after `hold` seconds."""
     stamps: list[float] = []
 
     async def one() -> None:
-        await limiter.acquire()
-        stamps.append(vt.now)
+        async with pacer.slot():
+            stamps.append(vt.now)
+            if hold:
+                await vt.sleep(hold)
 
     async def many() -> None:
-        await asyncio.gather(*(one() for _ in range(9)))
+        await asyncio.gather(*(one() for _ in range(n)))
 
     run(many())
+    return stamps
+
+
+def test_fixed_rate_spaces_slots_evenly() -> None:
+    vt = VirtualTime()
+    limiter = FixedRateLimiter(3, 1.0, margin=0.0, clock=vt.clock, sleep=vt.sleep)
+    stamps = stamps_of(limiter, vt, 9)
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert stamps[0] == vt.start
     assert all(abs(g - 1 / 3) < 1e-9 for g in gaps)
 
 
-def test_fixed_rate_margin_and_idle_gap() -> None:
-    now = [0.0]
-    limiter = FixedRateLimiter(3, 1.0, clock=lambda: now[0])
-    assert limiter.reserve() == 0.0
-    assert limiter.reserve() == pytest.approx(0.35)
-    now[0] = 100.0  # after idling, no stored-up burst
-    assert limiter.reserve() == 0.0
-    assert limiter.reserve() == pytest.approx(0.35)
+def test_fixed_rate_never_four_in_a_second_even_with_slow_answers() -> None:
+    vt = VirtualTime()
+    limiter = FixedRateLimiter(3, 1.0, clock=vt.clock, sleep=vt.sleep)
+    # Answers take 2 s: a request still counts until a second after its answer.
+    stamps = stamps_of(limiter, vt, 12, hold=2.0)
+    for i in range(len(stamps) - 3):
+        assert stamps[i + 3] - stamps[i] > 3.0
 
 
-def test_fixed_rate_penalize_pushes_slots_back() -> None:
+def test_fixed_rate_penalize_pauses_everyone() -> None:
     now = [0.0]
     limiter = FixedRateLimiter(3, 1.0, clock=lambda: now[0])
-    limiter.reserve()
+    assert limiter._try_take() == 0.0
+    limiter.release()
     limiter.penalize(5.0)
-    assert limiter.reserve() == pytest.approx(5.0)
+    assert limiter._try_take() == pytest.approx(5.0)
+    assert limiter.throttled == 1
 
 
-def test_fixed_rate_is_thread_safe() -> None:
-    limiter = FixedRateLimiter(1000, 1.0, margin=0.0, clock=lambda: 0.0)
-    waits: list[float] = []
+def test_pacer_is_thread_safe() -> None:
+    pacer = WindowPacer(100_000, 1.0, headroom=0.0, clock=lambda: 0.0)
+    taken: list[float] = []
 
     def book() -> None:
         for _ in range(500):
-            waits.append(limiter.reserve())
+            taken.append(pacer._try_take())
+            pacer.release()
 
     threads = [threading.Thread(target=book) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(set(round(w, 9) for w in waits)) == 2000  # every slot distinct
+    assert taken.count(0.0) == 2000 and pacer._used(0.0) == 2000
 
 
 def test_registries_share_per_key_and_location() -> None:
@@ -141,27 +151,44 @@ def test_registries_share_per_key_and_location() -> None:
 def test_window_budget_keeps_headroom() -> None:
     vt = VirtualTime()
     pacer = WindowPacer(100, 10.0, clock=vt.clock, sleep=vt.sleep)
-    stamps: list[float] = []
-
-    async def one() -> None:
-        await pacer.acquire()
-        stamps.append(vt.now)
-
-    async def many() -> None:
-        await asyncio.gather(*(one() for _ in range(300)))
-
-    run(many())
-    # Any 10 s window (plus slack) holds at most 95 sends.
+    stamps = stamps_of(pacer, vt, 300)
     for i, t in enumerate(stamps):
         in_window = [s for s in stamps[i:] if s < t + 10.0]
         assert len(in_window) <= 95
     assert stamps[94] == vt.start and stamps[95] == pytest.approx(vt.start + 10.5)
 
 
+def test_slow_answers_hold_their_place() -> None:
+    vt = VirtualTime()
+    pacer = WindowPacer(10, 1.0, headroom=0.0, slack=0.0, clock=vt.clock, sleep=vt.sleep)
+    # Answers take 3 s (longer than the window): the server may count a request at any
+    # moment until its answer, so no more than 10 may be sent in any 1 s + 3 s span.
+    stamps = stamps_of(pacer, vt, 40, hold=3.0)
+    for i, t in enumerate(stamps):
+        assert len([s for s in stamps[i:] if s < t + 4.0]) <= 10
+
+
+def test_waiters_are_served_in_order() -> None:
+    vt = VirtualTime()
+    pacer = WindowPacer(2, 1.0, headroom=0.0, clock=vt.clock, sleep=vt.sleep)
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        async with pacer.slot():
+            order.append(i)
+
+    async def many() -> None:
+        await asyncio.gather(*(one(i) for i in range(10)))
+
+    run(many())
+    assert order == list(range(10))
+
+
 def test_observe_learns_limits_and_other_spenders() -> None:
     now = [0.0]
     pacer = WindowPacer(clock=lambda: now[0])
     assert pacer._try_take() == 0.0  # our one send
+    pacer.release()
     pacer.observe({"X-RateLimit-Max": "50", "X-RateLimit-Interval-Milliseconds": "2000",
                    "X-RateLimit-Remaining": "10", "X-RateLimit-Daily-Remaining": "999"})
     assert pacer.max_requests == 50 and pacer.interval == 2.0
@@ -171,7 +198,9 @@ def test_observe_learns_limits_and_other_spenders() -> None:
     while pacer._try_take() == 0.0:
         taken += 1
     assert taken == 7
-    now[0] = 2.2  # window (2 s + 5 %) has passed
+    for _ in range(taken):
+        pacer.release()
+    now[0] = 2.2  # window (2 s + 5 %) has passed since the answers
     assert pacer._try_take() == 0.0
 
 
@@ -216,3 +245,21 @@ def test_unreadable_headers_are_ignored() -> None:
     pacer = WindowPacer()
     pacer.observe({"X-RateLimit-Max": "lots", "X-RateLimit-Remaining": ""})
     assert pacer.max_requests == 100 and pacer.snapshot.remaining is None
+
+
+def test_learned_interval_applies_to_waiters_already_asleep() -> None:
+    vt = VirtualTime()
+    pacer = WindowPacer(clock=vt.clock, sleep=vt.sleep)  # default: 100 per 10 s
+
+    async def scenario() -> float:
+        for _ in range(95):
+            await pacer.acquire()
+            pacer.release()
+        waiter = asyncio.ensure_future(pacer.acquire())
+        await asyncio.sleep(0)
+        # The server says the window is really 100 ms: the waiter must not sleep 10 s.
+        pacer.observe({"X-RateLimit-Interval-Milliseconds": "100"})
+        await waiter
+        return vt.elapsed
+
+    assert run(scenario()) <= 1.0 + 1e-9

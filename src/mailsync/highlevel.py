@@ -123,6 +123,9 @@ class HighLevelClient(ApiClient):
         token = await self.auth.token(self.http)
         return {"Authorization": f"Bearer {token.get()}"}
 
+    def _attempt_done(self) -> None:
+        self.pacer.release()
+
     def _after_response(self, response: httpx.Response) -> None:
         self.pacer.observe(response.headers)
 

@@ -251,6 +251,9 @@ class ApiClient:
     async def _auth_headers(self) -> dict[str, str]:
         return {}
 
+    def _attempt_done(self) -> None:
+        """The attempt let through by `_before_attempt` has ended, however it ended."""
+
     def _after_response(self, response: httpx.Response) -> None:
         """Learn from every answer (rate-limit headers)."""
 
@@ -292,15 +295,16 @@ class ApiClient:
             early = await self._before_attempt(write)
             if early is not None:
                 return early.model_copy(update={"attempts": attempts})
-            headers = await self._auth_headers()
-            attempts += 1
-            tries += 1
-            self.requests_sent += 1
             try:
+                headers = await self._auth_headers()
+                attempts += 1
+                tries += 1
+                self.requests_sent += 1
                 response = await self.http.request(
                     method, path, params=params, json=json, data=data, headers=headers
                 )
             except httpx.RequestError as exc:
+                self._attempt_done()
                 verdict = classify(exc, idempotent=idempotent)
                 last_status = None
                 problem = f"network error {type(exc).__name__}: {redact(exc) or 'no detail'}"
@@ -313,7 +317,11 @@ class ApiClient:
                         attempts=attempts,
                     )
                 delay = self.backoff(tries)
+            except BaseException:
+                self._attempt_done()  # cancelled, or a refresh failed: free the place
+                raise
             else:
+                self._attempt_done()
                 self._after_response(response)
                 last_status = response.status_code
                 verdict = classify(response, idempotent=idempotent)

@@ -117,6 +117,9 @@ class PostalyticsClient(ApiClient):
         await self.limiter.acquire()
         return None
 
+    def _attempt_done(self) -> None:
+        self.limiter.release()
+
     async def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": self._authorization.get()}
 

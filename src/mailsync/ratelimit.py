@@ -14,78 +14,18 @@ happens outside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class FixedRateLimiter:
-    """At most `rate` requests per `per` seconds, as evenly spaced slots (no bursts).
-
-    `margin` widens each slot a little, because the server counts arrivals, not departures.
-    """
-
-    def __init__(
-        self,
-        rate: float = 3.0,
-        per: float = 1.0,
-        *,
-        margin: float = 0.05,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        if rate <= 0 or per <= 0:
-            raise ValueError("rate and per must be positive")
-        self.interval = per / rate * (1.0 + margin)
-        self._clock = clock
-        self._sleep = sleep
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def reserve(self) -> float:
-        """Book the next free slot; return how long to wait for it (seconds)."""
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-            return slot - now
-
-    async def acquire(self) -> None:
-        """Wait for this caller's slot."""
-        wait = self.reserve()
-        if wait > 0:
-            await self._sleep(wait)
-
-    def penalize(self, seconds: float) -> None:
-        """Push every future slot back: the server said we were too fast (a 429)."""
-        with self._lock:
-            self._next = max(self._next, self._clock() + max(seconds, self.interval))
-
-
-_postalytics: dict[str, FixedRateLimiter] = {}
-_postalytics_lock = threading.Lock()
-
-
-def key_fingerprint(api_key: str) -> str:
-    """A stable, non-reversible name for an API key (registry key; safe to log)."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
-
-
-def postalytics_limiter(api_key: str) -> FixedRateLimiter:
-    """The one 3 requests/s limiter for this API key in this process."""
-    name = key_fingerprint(api_key)
-    with _postalytics_lock:
-        limiter = _postalytics.get(name)
-        if limiter is None:
-            limiter = _postalytics[name] = FixedRateLimiter(3.0, 1.0)
-        return limiter
 
 
 @dataclass(frozen=True)
@@ -110,12 +50,16 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
 
 
 class WindowPacer:
-    """Keeps our sends within `max_requests` per `interval` seconds, in any sliding window.
+    """At most `max_requests` per `interval` seconds, counted the way the server sees them.
 
-    A sliding-window bound also holds for any fixed window of the same length, so it is
-    safe whichever way the server counts. Headers can only make it stricter: when the server
-    reports fewer remaining requests than our own count implies (someone else spends the
-    same budget), the difference is booked as phantom sends that age out normally.
+    A request holds its place in the window from the moment it is sent until `interval`
+    after its answer arrives (the server counted it somewhere in between), so the bound holds
+    whatever the latency, and for a sliding or a fixed server window alike. Headers can only
+    make it stricter: when the server reports fewer remaining requests than our own count
+    implies (someone else spends the same budget), the difference is booked as phantom
+    requests that age out normally. `spacing` optionally spreads sends evenly.
+
+    Waiters queue FIFO per event loop, so only the head of the queue polls the clock.
     """
 
     def __init__(
@@ -125,19 +69,30 @@ class WindowPacer:
         *,
         headroom: float = 0.05,
         slack: float = 0.05,
+        spacing: float = 0.0,
+        recheck: float = 1.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        if max_requests < 1 or interval <= 0:
+            raise ValueError("max_requests and interval must be positive")
         self.max_requests = max_requests
         self.interval = interval
-        self.headroom = headroom  # fraction of the window kept unused
-        self.slack = slack  # fraction added to the window for network skew
+        self.headroom = headroom  # share of the window left unused, for safety
+        self.slack = slack  # share added to the window for clock and network skew
+        self.spacing = spacing  # minimum gap between two sends
+        self.recheck = recheck  # longest single wait, so limits learned meanwhile apply
         self._clock = clock
         self._sleep = sleep
-        self._sent: deque[float] = deque()
+        self._in_flight = 0
+        self._done: deque[float] = deque()  # answer times (and phantoms), oldest first
+        self._next_at = 0.0
         self._blocked_until = 0.0
         self._daily_remaining: int | None = None
         self._lock = threading.Lock()
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self.snapshot = RateLimitSnapshot()
         self.throttled = 0  # 429s seen by any client using this pacer
 
@@ -149,33 +104,68 @@ class WindowPacer:
     def _budget(self) -> int:
         return max(1, self.max_requests - math.ceil(self.max_requests * self.headroom))
 
-    def _expire(self, now: float) -> None:
+    def _used(self, now: float) -> int:
         horizon = now - self._window()
-        while self._sent and self._sent[0] <= horizon:
-            self._sent.popleft()
+        while self._done and self._done[0] <= horizon:
+            self._done.popleft()
+        return self._in_flight + len(self._done)
+
+    def _fill(self, now: float, count: int) -> None:
+        self._done.extend([now] * max(0, count))
 
     def _try_take(self) -> float:
+        """Book a request now and return 0, or return how long to wait before trying again."""
         now = self._clock()
-        self._expire(now)
+        used = self._used(now)
         if now < self._blocked_until:
             return self._blocked_until - now
-        if len(self._sent) < self._budget():
-            self._sent.append(now)
+        if now < self._next_at:
+            return self._next_at - now
+        if used < self._budget():
+            self._in_flight += 1
+            self._next_at = now + self.spacing
             if self._daily_remaining is not None:
                 self._daily_remaining -= 1
             return 0.0
-        return max(self._sent[0] + self._window() - now, 0.001)
+        if self._done:
+            return max(self._done[0] + self._window() - now, 0.001)
+        # The whole budget is in flight: the next answer frees a place.
+        return max(0.005, self._window() * 0.02)
+
+    def _queue(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            queue = self._queues.get(loop)
+            if queue is None:
+                queue = self._queues[loop] = asyncio.Lock()
+            return queue
 
     # -- public ---------------------------------------------------------------------------
 
     async def acquire(self) -> None:
-        """Wait until one more request fits in the window, and book it."""
-        while True:
-            with self._lock:
-                wait = self._try_take()
-            if wait <= 0:
-                return
-            await self._sleep(wait)
+        """Wait for a place in the window and take it; call `release` when answered."""
+        async with self._queue():
+            while True:
+                with self._lock:
+                    wait = self._try_take()
+                if wait <= 0:
+                    return
+                await self._sleep(min(wait, self.recheck))
+
+    def release(self) -> None:
+        """The request taken by `acquire` got its answer (or failed): start its cool-down."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            self._done.append(self._clock())
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """`acquire` on entry, `release` on exit."""
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn from one response's `X-RateLimit-*` headers."""
@@ -211,20 +201,16 @@ class WindowPacer:
                     self._daily_remaining = daily_remaining
             if remaining is not None:
                 now = self._clock()
-                self._expire(now)
-                ours_left = self._budget() - len(self._sent)
+                ours_left = self._budget() - self._used(now)
                 theirs_left = remaining - math.ceil(self.max_requests * self.headroom)
-                for _ in range(max(0, ours_left - max(theirs_left, 0))):
-                    self._sent.append(now)
+                self._fill(now, ours_left - max(theirs_left, 0))
 
     def on_throttled(self, retry_after: float | None = None) -> None:
         """A 429: treat the window as spent, and honour `Retry-After` when given."""
         with self._lock:
             self.throttled += 1
             now = self._clock()
-            self._expire(now)
-            for _ in range(max(0, self._budget() - len(self._sent))):
-                self._sent.append(now)
+            self._fill(now, self._budget() - self._used(now))
             if retry_after is not None:
                 self._blocked_until = max(self._blocked_until, now + retry_after)
 
@@ -237,6 +223,56 @@ class WindowPacer:
         """Whether the day's quota is down to `reserve` requests (writes should stop)."""
         left = self.daily_remaining()
         return left is not None and left <= reserve
+
+
+class FixedRateLimiter(WindowPacer):
+    """`rate` requests per `per` seconds, evenly spaced (Postalytics: 3/s per API key).
+
+    `margin` widens the spacing a little, because the server counts arrivals, not sends;
+    the window bound from `WindowPacer` still holds when answers are slow.
+    """
+
+    def __init__(
+        self,
+        rate: int = 3,
+        per: float = 1.0,
+        *,
+        margin: float = 0.05,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        super().__init__(
+            max_requests=rate,
+            interval=per,
+            headroom=0.0,
+            slack=margin,
+            spacing=per / rate * (1.0 + margin),
+            clock=clock,
+            sleep=sleep,
+        )
+
+    def penalize(self, seconds: float) -> None:
+        """The server said we were too fast (a 429): pause everyone for `seconds`."""
+        self.on_throttled(retry_after=seconds)
+
+
+_postalytics: dict[str, FixedRateLimiter] = {}
+_postalytics_lock = threading.Lock()
+
+
+def key_fingerprint(api_key: str) -> str:
+    """A stable, non-reversible name for an API key (registry key; safe to log)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def postalytics_limiter(api_key: str) -> FixedRateLimiter:
+    """The one 3 requests/s limiter for this API key in this process."""
+    name = key_fingerprint(api_key)
+    with _postalytics_lock:
+        limiter = _postalytics.get(name)
+        if limiter is None:
+            limiter = _postalytics[name] = FixedRateLimiter(3.0, 1.0)
+        return limiter
 
 
 _highlevel: dict[str, WindowPacer] = {}

@@ -59,8 +59,11 @@ def _scrub(record: logging.LogRecord) -> None:
         message = record.getMessage()
     except Exception:  # a broken format string must not hide the record
         message = str(record.msg)
-    record.msg = redact(message)
-    record.args = None
+    clean = redact(message)
+    if clean != message:
+        # Only touched when needed: other handlers may rely on msg/args as given.
+        record.msg = clean
+        record.args = None
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
     if record.exc_text:
