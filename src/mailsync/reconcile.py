@@ -1,0 +1,189 @@
+"""Live checks behind the report: drift in HighLevel (`verify`) and events never stored.
+
+`verify` reads back the HighLevel contacts that done writes touched and lists the tags and
+notes that should be there and are not (a user removed them, a contact was deleted). Only
+with `fix=True` does it re-open those ledger rows (`pending`, reason "drift: ..."), so the
+next sync or a replay writes them again; without it, it only reports.
+
+`unstored_events` pages a campaign's events at Postalytics over a window and lists those the
+store does not have (a run that never happened, a page cap, a crash before commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from mailsync.codes import tag_key
+from mailsync.highlevel import HighLevelAuthError, HighLevelClient
+from mailsync.redact import redact
+from mailsync.report import DriftFinding, utc
+from mailsync.report_rules import DRIFT_REASON
+from mailsync.store.models import MailEvent, WriteIntent, WriteKind, WriteStatus, utcnow
+from mailsync.sync.context import SyncContext
+from mailsync.sync.normalise import normalise
+from mailsync.sync.notes import has_marker
+
+log = logging.getLogger("mailsync.reconcile")
+
+GONE = "drift: the contact no longer exists in HighLevel"
+
+
+@dataclass
+class VerifyResult:
+    """What verify found: drifted writes, how many contacts it read, what it could not read."""
+
+    drift: list[DriftFinding] = field(default_factory=list)
+    contacts_checked: int = 0
+    errors: list[str] = field(default_factory=list)
+    fixed: int = 0
+    """Ledger rows re-opened (only with fix=True)."""
+
+
+def _touched(engine: Engine, since: datetime | None, until: datetime | None,
+             drop_ids: Sequence[str] | None) -> dict[str, dict[str, list[WriteIntent]]]:
+    """location → contact → every tag/untag/note row of contacts with done writes in range."""
+    with Session(engine) as s:
+        q = select(WriteIntent.contact_id).where(
+            WriteIntent.status == WriteStatus.done, col(WriteIntent.contact_id).is_not(None))
+        if drop_ids:
+            q = q.where(col(WriteIntent.drop_id).in_(list(drop_ids)))
+        if since is not None:
+            q = q.where(col(WriteIntent.created_at) >= since)
+        if until is not None:
+            q = q.where(col(WriteIntent.created_at) <= until)
+        contacts = sorted({c for c in s.exec(q.distinct()).all() if c})
+        rows: list[WriteIntent] = []
+        for start in range(0, len(contacts), 500):
+            rows += s.exec(select(WriteIntent).where(
+                col(WriteIntent.contact_id).in_(contacts[start:start + 500]))).all()
+    out: dict[str, dict[str, list[WriteIntent]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        out[r.location_id][r.contact_id or ""].append(r)
+    return out
+
+
+def _finding(r: WriteIntent, detail: str) -> DriftFinding:
+    return DriftFinding(ledger_id=r.id or 0, detail=detail, location_id=r.location_id,
+                        contact_id=r.contact_id or "", drop_id=r.drop_id, code=r.code,
+                        kind=r.kind)
+
+
+async def _check_contact(hl: HighLevelClient, contact_id: str,
+                         rows: list[WriteIntent]) -> tuple[list[DriftFinding], str | None]:
+    """Drift on one contact, or an error when HighLevel could not be read."""
+    done_tags = [r for r in rows if r.kind == WriteKind.tag and r.status == WriteStatus.done]
+    # A tag with an open tag/untag row may be absent on purpose (retrigger half-way).
+    unsettled = {tag_key(r.tag or "") for r in rows
+                 if r.kind in (WriteKind.tag, WriteKind.untag) and r.status != WriteStatus.done}
+    done_tags = [r for r in done_tags if tag_key(r.tag or "") not in unsettled]
+    done_notes = [r for r in rows if r.kind == WriteKind.note and r.status == WriteStatus.done]
+    found: list[DriftFinding] = []
+    if done_tags:
+        got = await hl.get_contact(contact_id)
+        if got.status == "rejected" and got.http_status == 404:
+            return [_finding(r, GONE) for r in done_tags + done_notes], None
+        if got.status != "ok" or not isinstance(got.data, dict):
+            return [], f"contact {contact_id}: could not read it ({got.reason})"
+        have = {tag_key(str(t)) for t in got.data.get("tags") or []}
+        found += [_finding(r, DRIFT_REASON) for r in done_tags if tag_key(r.tag or "") not in have]
+    if done_notes:
+        listing = await hl.list_notes(contact_id)
+        if listing.status == "rejected" and listing.http_status == 404:
+            return [_finding(r, GONE) for r in done_tags + done_notes], None
+        if listing.status != "ok":
+            return found, f"contact {contact_id}: could not read its notes ({listing.reason})"
+        bodies = [str(n.get("body") or "") for n in listing.data or [] if isinstance(n, dict)]
+        found += [_finding(r, DRIFT_REASON) for r in done_notes
+                  if not any(has_marker(b, r.marker or "") for b in bodies)]
+    return found, None
+
+
+async def _verify_location(ctx: SyncContext, location_id: str,
+                           contacts: dict[str, list[WriteIntent]], result: VerifyResult,
+                           concurrency: int) -> None:
+    sem = asyncio.Semaphore(concurrency)
+    try:
+        async with ctx.highlevel(location_id) as hl:
+            async def one(contact_id: str, rows: list[WriteIntent]) -> None:
+                async with sem:
+                    found, error = await _check_contact(hl, contact_id, rows)
+                result.contacts_checked += 1
+                result.drift += found
+                if error:
+                    result.errors.append(f"location {location_id}: {redact(error)}")
+
+            await asyncio.gather(*(one(c, rs) for c, rs in contacts.items()))
+    except HighLevelAuthError as exc:
+        result.errors.append(f"location {location_id}: {redact(exc)}")
+
+
+async def verify(ctx: SyncContext, *, since: datetime | None = None,
+                 until: datetime | None = None, drop_ids: Sequence[str] | None = None,
+                 fix: bool = False, concurrency: int = 8) -> VerifyResult:
+    """Read back the contacts done writes touched; list (and with `fix`, re-open) drift."""
+    touched = _touched(ctx.engine, utc(since), utc(until), drop_ids)
+    result = VerifyResult()
+    await asyncio.gather(*(_verify_location(ctx, loc, contacts, result, concurrency)
+                           for loc, contacts in sorted(touched.items())))
+    result.drift.sort(key=lambda d: d.ledger_id)
+    if fix and result.drift:
+        result.fixed = reopen(ctx.engine, result.drift)
+    return result
+
+
+def reopen(engine: Engine, findings: Sequence[DriftFinding]) -> int:
+    """Mark drifted rows `pending` with the drift reason (only rows still `done`)."""
+    by_detail: dict[str, list[int]] = defaultdict(list)
+    for f in findings:
+        by_detail[f.detail].append(f.ledger_id)
+    n = 0
+    with Session(engine) as s:
+        for detail, ids in by_detail.items():
+            res = s.execute(update(WriteIntent)
+                            .where(col(WriteIntent.id).in_(ids),
+                                   WriteIntent.status == WriteStatus.done)
+                            .values(status=WriteStatus.pending, reason=detail,
+                                    updated_at=utcnow()))
+            n += res.rowcount or 0  # type: ignore[attr-defined]
+        s.commit()
+    return n
+
+
+async def unstored_events(ctx: SyncContext, *, since: datetime | None = None,
+                          until: datetime | None = None, drop_ids: Sequence[str] | None = None,
+                          max_pages: int = 100) -> list[dict[str, Any]]:
+    """Events Postalytics has in the window (by event date) that the store does not have."""
+    since, until = utc(since), utc(until)
+    campaigns = [c for c in ctx.settings.campaigns if not drop_ids or c.drop_id in drop_ids]
+    out: list[dict[str, Any]] = []
+    async with ctx.postalytics() as pa:
+        for camp in campaigns:
+            for page_no in range(1, max_pages + 1):
+                raws = await pa.events_page(camp.drop_id, page_no, 100)
+                events = [n.event for n in (normalise(r, camp.drop_id, camp.contact_id_field)
+                                            for r in raws) if n.event is not None]
+                inside = [e for e in events if (since is None or e.event_at >= since)
+                          and (until is None or e.event_at <= until)]
+                if inside:
+                    with Session(ctx.engine) as s:
+                        known = set(s.exec(select(MailEvent.key).where(
+                            col(MailEvent.key).in_([e.key for e in inside]))).all())
+                    out += [{"drop_id": camp.drop_id, "event_key": e.key, "code": e.code,
+                             "event_at": e.event_at,
+                             "recipient": " ".join(p for p in (e.first_name, e.last_name) if p),
+                             "email": e.email} for e in inside if e.key not in known]
+                # Pages run newest first: a page wholly before the window ends the campaign.
+                if len(raws) < 100 or (since is not None and events
+                                       and all(e.event_at < since for e in events)):
+                    break
+    return out

@@ -1,0 +1,184 @@
+"""`mailsync report` and `mailsync verify`: reconciliation for support staff.
+
+`mailsync.cli` calls `register(app)` at its end. The shared helpers are imported inside
+`register` (cli.py is still loading then), and this module deliberately has no
+`from __future__ import annotations`: typer reads the option types from the real objects.
+"""
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mailsync.config import ConfigError
+from mailsync.report import SUMMARY_COLUMNS, Report, build_report, write_report_files
+
+FORMATS = ("table", "csv", "json", "html", "all")
+TABLE_ROWS = 50
+"""Problem rows shown in the terminal; the files always hold all of them."""
+
+
+def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
+    """`24h`, `7d`, `90m` ago, or an ISO 8601 date/time (UTC when no zone is given)."""
+    if text is None or not text.strip():
+        return None
+    now = now or datetime.now(UTC)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd])\s*", text)
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return now - timedelta(**{unit: float(m.group(1))})
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"cannot read the time {text!r}: use e.g. 24h, 7d, 2026-11-20 "
+                          "or 2026-11-20T08:00") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def print_report(report: Report, console: Console, limit: int = TABLE_ROWS) -> None:
+    """The report as rich tables: counts per campaign, problems by kind, problem rows."""
+    table = Table(title="writes per campaign and location")
+    for c in SUMMARY_COLUMNS:
+        table.add_column(c.replace("_", " "), justify="left" if c in (
+            "drop_id", "campaign", "location_id") else "right")
+    for rec in report.summary.to_dict("records"):
+        table.add_row(*(str(rec[c]) for c in SUMMARY_COLUMNS))
+    console.print(table)
+    if report.problems.empty:
+        console.print("[green]No problem writes: everything planned was written.[/green]")
+    else:
+        first = report.problems.drop_duplicates("problem").set_index("problem")
+        kinds = Table(title="problems by kind")
+        for c in ("problem", "writes", "what to do"):
+            kinds.add_column(c)
+        for kind, n in report.problem_counts().items():
+            kinds.add_row(kind, str(n), str(first.loc[kind, "action"]))
+        console.print(kinds)
+        rows = Table(title=f"problem writes ({len(report.problems)})")
+        cols = ("campaign", "recipient", "email", "contact_id", "code", "kind", "attempts",
+                "last_http_status", "reason", "action")
+        for c in cols:
+            rows.add_column(c.replace("_", " "), overflow="fold")
+        for rec in report.problems.head(limit).to_dict("records"):
+            rows.add_row(*("" if _blank(rec[c]) else str(rec[c]) for c in cols))
+        console.print(rows)
+        if len(report.problems) > limit:
+            console.print(f"... {len(report.problems) - limit} more: write them with "
+                          "--format csv (problems.csv)")
+    if not report.quarantined.empty:
+        console.print(f"{len(report.quarantined)} quarantined event(s); reasons: "
+                      + ", ".join(f"{r} ({n})" for r, n in
+                                  report.quarantined["reason"].value_counts().items()))
+    if not report.unstored.empty:
+        console.print(f"[yellow]{len(report.unstored)} event(s) at Postalytics never reached "
+                      "the store: run `mailsync sync`.[/yellow]")
+
+
+def _blank(value: Any) -> bool:
+    try:
+        return value is None or bool(value != value) or str(value) in ("NaT", "<NA>")
+    except (TypeError, ValueError):
+        return False
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `report` and `verify` commands to the mailsync app."""
+    from mailsync.cli import ConfigOpt, console, err_console, friendly_errors, settings_from
+    from mailsync.reconcile import unstored_events, verify
+    from mailsync.sync.context import SyncContext
+
+    @app.command("report")
+    @friendly_errors
+    def report_cmd(
+        config: ConfigOpt = None,
+        run: Annotated[str | None, typer.Option(
+            "--run", help="Only what this run planned (a sync) or attempted (a replay).")] = None,
+        since: Annotated[str | None, typer.Option(
+            help="Only writes planned since then: 24h, 7d or a date/time (UTC).")] = None,
+        until: Annotated[str | None, typer.Option(help="... and up to then.")] = None,
+        campaign: Annotated[list[str] | None, typer.Option(
+            "--campaign", help="Only this drop id (repeatable).")] = None,
+        out: Annotated[Path, typer.Option(help="Folder for csv, json and html files.")] = Path(
+            "reports"),
+        fmt: Annotated[str, typer.Option(
+            "--format", help="table, csv, json, html or all.")] = "table",
+        pending_hours: Annotated[float, typer.Option(
+            help="A write still pending this long after it was planned is missed.")] = 24.0,
+        check_highlevel: Annotated[bool, typer.Option(
+            "--verify", help="Also read HighLevel back for drift (as `mailsync verify`).")
+        ] = False,
+        check_postalytics: Annotated[bool, typer.Option(
+            "--check-postalytics", help="Also list events at Postalytics the store lacks.")
+        ] = False,
+    ) -> None:
+        """Which writes were missed or rejected, why, and what to do: for support staff."""
+        if fmt not in FORMATS:
+            raise ConfigError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
+        ctx = SyncContext(settings_from(config))
+        start, end = parse_when(since), parse_when(until)
+        drift: list[Any] = []
+        unstored: list[dict[str, Any]] = []
+        if check_highlevel:
+            found = asyncio.run(verify(ctx, since=start, until=end, drop_ids=campaign))
+            drift = found.drift
+            for err in found.errors:
+                err_console.print(f"[yellow]verify:[/yellow] {escape(err)}", soft_wrap=True,
+                                  highlight=False)
+        if check_postalytics:
+            unstored = asyncio.run(unstored_events(ctx, since=start, until=end,
+                                                   drop_ids=campaign))
+        try:
+            report = build_report(ctx.engine, run_id=run, since=start, until=end,
+                                  drop_ids=campaign, drift=drift, unstored=unstored,
+                                  pending_deadline=timedelta(hours=pending_hours))
+        except LookupError as exc:
+            raise ConfigError(str(exc)) from None
+        if fmt in ("table", "all"):
+            print_report(report, console)
+        if fmt != "table":
+            formats = ("csv", "json", "html") if fmt == "all" else (fmt,)
+            for path in write_report_files(report, out, formats):
+                console.print(f"wrote {path}")
+
+    @app.command("verify")
+    @friendly_errors
+    def verify_cmd(
+        config: ConfigOpt = None,
+        since: Annotated[str | None, typer.Option(
+            help="Only contacts written since then: 24h, 7d or a date/time (UTC).")] = None,
+        campaign: Annotated[list[str] | None, typer.Option(
+            "--campaign", help="Only this drop id (repeatable).")] = None,
+        fix: Annotated[bool, typer.Option(
+            "--fix", help="Re-open drifted writes so the next sync or a replay re-sends them.")
+        ] = False,
+    ) -> None:
+        """Read back HighLevel: list tags and notes we wrote that are no longer there."""
+        ctx = SyncContext(settings_from(config))
+        result = asyncio.run(verify(ctx, since=parse_when(since), drop_ids=campaign, fix=fix))
+        console.print(f"Checked {result.contacts_checked} contact(s).")
+        if result.drift:
+            table = Table(title=f"{len(result.drift)} write(s) missing in HighLevel")
+            for c in ("ledger id", "campaign", "location", "contact", "code", "kind", "finding"):
+                table.add_column(c)
+            for d in result.drift:
+                table.add_row(str(d.ledger_id), d.drop_id, d.location_id, d.contact_id, d.code,
+                              d.kind, d.detail)
+            console.print(table)
+            if fix:
+                console.print(f"Re-opened {result.fixed} write(s): the next sync or "
+                              "`mailsync replay` writes them again.")
+            else:
+                console.print("Nothing changed: run with --fix to re-open them.")
+        else:
+            console.print("[green]No drift: every tag and note we wrote is there.[/green]")
+        for err in result.errors:
+            err_console.print(f"[red]could not check:[/red] {escape(err)}", soft_wrap=True,
+                              highlight=False)
+        if result.errors:
+            raise typer.Exit(1)

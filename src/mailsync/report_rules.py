@@ -1,0 +1,146 @@
+"""Why a ledger row is a problem, in plain words, and what support should do about it.
+
+Pure functions over one ledger row's fields: the report (`mailsync.report`) applies them to
+every row that is not `done`, plus the drift `verify` finds. Kinds are stable identifiers
+(CSV, JSON, tests); reasons and actions are sentences for a person.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mailsync.sync.apply import DAILY_QUOTA_REASON, MAX_AUTO_ATTEMPTS
+
+DRIFT_REASON = "drift: removed in HighLevel after it was written"
+"""The reason `verify --fix` stores on rows it re-opens (the report recognises the prefix)."""
+
+# Problem kinds, in the order the report sorts them (most actionable first).
+KINDS = ("token", "no_contact", "note_refused", "tag_refused", "lookup_refused", "rejected",
+         "event_gone", "failed", "drift", "never_attempted", "overdue", "lookup_retry",
+         "unknown", "quota")
+
+_EMAIL = re.compile(r"([A-Za-z0-9])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+
+
+def mask_email(email: str | None) -> str:
+    """`ada.byrne@example.com` → `a***@example.com`; empty for no email."""
+    if not email or "@" not in email:
+        return ""
+    local, _, domain = email.strip().partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_emails_in(text: str) -> str:
+    """Every email address in free text masked (quarantined payloads, reasons)."""
+    return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A row's problem: stable kind, the reason in words, and the action to take."""
+
+    kind: str
+    reason: str
+    action: str
+
+
+@dataclass(frozen=True)
+class RowFacts:
+    """What the rules need to know about one ledger row."""
+
+    kind: str  # tag | untag | note
+    status: str
+    reason: str | None
+    attempts: int
+    last_http_status: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LocationFacts:
+    """What the latest finished run said about the row's location."""
+
+    token_refused: str | None = None
+    """The run's error when HighLevel refused the location's token, else None."""
+    token_http_status: int | None = None
+    last_run_finished: datetime | None = None
+    """When the last run that applied (or tried to apply) this location finished."""
+
+
+def server_message(reason: str | None) -> str:
+    """HighLevel's own words from a stored reason like `HTTP 422 Unprocessable Entity: msg`."""
+    text = (reason or "").strip()
+    match = re.match(r"HTTP \d{3}[^:]*:\s*(.*)$", text, re.S)
+    return (match.group(1) if match else text) or "no message"
+
+
+def _token(http_status: int | None, detail: str) -> Verdict:
+    code = f" (HTTP {http_status})" if http_status else ""
+    # Keep HighLevel's own words, not our wrapping of them ("... for location X: HTTP 401 ...").
+    match = re.search(r"HTTP \d{3}[^:]*:\s*(.*)$", detail, re.S)
+    detail = match.group(1) if match else detail
+    return Verdict("token", f"HighLevel refused the location's token{code}: {detail}",
+                   "the location's token was refused: renew it, then replay")
+
+
+def classify(row: RowFacts, loc: LocationFacts, now: datetime,
+             pending_deadline: timedelta) -> Verdict | None:
+    """The row's problem, or None when it is fine (done, or pending and simply not due yet)."""
+    status, reason, http = row.status, row.reason or "", row.last_http_status
+    what = "note" if row.kind == "note" else "tag"
+    if status == "done":
+        return None
+    if status == "unknown":
+        detail = reason or "no detail"
+        return Verdict("unknown", f"the {what} was sent and no answer came ({detail})",
+                       "outcome not known yet: the next run settles it")
+    if status == "rejected":
+        if http in (401, 403):
+            return _token(http, server_message(reason))
+        if reason.startswith("no HighLevel contact") or http == 404:
+            words = reason if reason.startswith("no HighLevel contact") else (
+                f"HighLevel has no such contact ({server_message(reason)})")
+            return Verdict("no_contact", words, "no HighLevel contact: create it or fill the "
+                           "contact-id field, then replay")
+        if http == 422:
+            msg = server_message(reason)
+            return Verdict(f"{what}_refused", f"HighLevel refused the {what}: {msg}",
+                           f"HighLevel refused the {what}: {msg}; fix and replay")
+        if reason.startswith(("contact lookup refused", "creating the contact was refused")):
+            return Verdict("lookup_refused", reason,
+                           "HighLevel refused to look up or create the contact: fix, then replay")
+        if reason.startswith("the event behind this write is no longer stored"):
+            return Verdict("event_gone", reason, "nothing to send any more; no action")
+        return Verdict("rejected", f"HighLevel refused the {what}: {reason or f'HTTP {http}'}",
+                       "fix the cause HighLevel names, then replay")
+    if status == "failed":
+        if row.attempts >= MAX_AUTO_ATTEMPTS:
+            return Verdict("failed", f"gave up after {row.attempts} tries: {reason}",
+                           "HighLevel kept failing: check its status page, then replay")
+        return Verdict("failed", f"HighLevel did not answer in time: {reason}",
+                       "none yet: the next run tries again")
+    # pending
+    if reason.startswith("drift:"):
+        return Verdict("drift", reason, "re-opened by verify: the next sync or a replay "
+                       "writes it again")
+    if reason == DAILY_QUOTA_REASON:
+        return Verdict("quota", "HighLevel's daily request budget for the location was spent",
+                       "waits for tomorrow's quota; nothing to do")
+    if http in (401, 403):
+        return _token(http, server_message(reason))
+    if loc.token_refused and (loc.last_run_finished is None
+                              or row.created_at <= loc.last_run_finished):
+        return _token(loc.token_http_status, loc.token_refused)
+    if reason.startswith(("contact lookup", "creating the contact")):
+        return Verdict("lookup_retry", f"HighLevel did not answer the contact lookup: {reason}",
+                       "none yet: the next run looks again")
+    if now - row.created_at > pending_deadline:
+        hours = pending_deadline.total_seconds() / 3600
+        return Verdict("overdue", f"still pending more than {hours:g} h after it was planned",
+                       "check that the scheduled sync is running, then replay")
+    if row.attempts == 0 and loc.last_run_finished and row.created_at < loc.last_run_finished:
+        return Verdict("never_attempted", "planned, but no run has attempted it yet",
+                       "run `mailsync replay` (and check the sync's errors)")
+    return None  # planned moments ago: the run in progress will send it
