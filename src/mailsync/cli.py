@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from rich.table import Table
 from mailsync.codes import MAIL_CODES
 from mailsync.config import ConfigError, Settings, load_settings
 from mailsync.demo import DEMO_FAULTS, run_demo
+from mailsync.sandbox.cli import sandbox_app
 from mailsync.store.engine import head_revision, safe_url, upgrade_database
 from mailsync.sync.context import SyncContext
 from mailsync.sync.fetch import CampaignResult
@@ -263,15 +263,7 @@ def demo_cmd(
         raise typer.Exit(1)
 
 
-def _mount_optional() -> None:
-    # The sandbox sub-app lives with the sandbox; import lazily so `--help` stays fast.
-    from mailsync.sandbox.cli import sandbox_app
-
-    app.add_typer(sandbox_app, name="sandbox", help="Both APIs simulated over real HTTP.")
-
-
-with contextlib.suppress(ModuleNotFoundError):  # TODO(sandbox): drop once it lands
-    _mount_optional()
+app.add_typer(sandbox_app, name="sandbox", help="Both APIs simulated over real HTTP.")
 
 
 def main() -> None:

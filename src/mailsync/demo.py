@@ -27,16 +27,21 @@ def _toml_str(value: str) -> str:
 
 def sandbox_config(manifest: Mapping[str, Any], database_url: str, *,
                    campaigns: Mapping[str, Mapping[str, Any]] | None = None,
-                   env_prefix: str = "MAILSYNC_SANDBOX") -> tuple[str, dict[str, str]]:
+                   env_prefix: str = "MAILSYNC_SANDBOX",
+                   postalytics_rate: float | None = None) -> tuple[str, dict[str, str]]:
     """A config file's text for a sandbox, and the environment variables it names.
 
     `campaigns` adds per-drop settings (e.g. `{"40211": {"retrigger": ["pURLOpened"]}}`).
+    `postalytics_rate` defaults to Postalytics' 3 requests/s scaled by the sandbox's time
+    scale, which shrinks every window alike.
     """
+    rate = postalytics_rate or 3.0 / float(manifest.get("time_scale") or 1.0)
     env = {f"{env_prefix}_POSTALYTICS_KEY": manifest["postalytics_api_key"]}
     lines = [
         "[database]", f"url = {_toml_str(database_url)}", "",
         "[postalytics]", f"base_url = {_toml_str(manifest['postalytics_base_url'])}",
-        'account = "sandbox"', f'api_key_env = "{env_prefix}_POSTALYTICS_KEY"', "",
+        'account = "sandbox"', f'api_key_env = "{env_prefix}_POSTALYTICS_KEY"',
+        f"requests_per_second = {rate:g}", "",
         "[highlevel]", f"base_url = {_toml_str(manifest['highlevel_base_url'])}",
         "daily_reserve = 0", "",
     ]

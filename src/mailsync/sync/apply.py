@@ -21,6 +21,7 @@ from sqlalchemy import func, tuple_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mailsync import failpoints
 from mailsync.codes import tag_key
 from mailsync.highlevel import HighLevelClient
 from mailsync.store.leases import DEFAULT_TTL, acquire_lease, release_lease
@@ -189,6 +190,7 @@ class _Applier:
                 res = await resolve(self.engine, self.hl, self.location_id, who[pair],
                                     reresolve=self.opts.reresolve,
                                     create_missing=pair[0] in self.opts.create_missing)
+            failpoints.hit("resolved")
             ids = [r.id for r in its_rows if r.id is not None]
             if res.contact_id:
                 _mark(self.engine, ids, WriteStatus.pending, contact_id=res.contact_id)
@@ -224,8 +226,11 @@ class _Applier:
                     return
                 _mark(self.engine, [note.id], WriteStatus.unknown, reason="sent, no answer yet",
                       attempt=True)  # type: ignore[list-item]
+                failpoints.hit("before-note-post")
                 outcome = await self.hl.create_note(contact_id, note.body or "")
+                failpoints.hit("after-note-post")
                 self._record([note], outcome, attempt=False)
+                failpoints.hit("note-recorded")
 
     async def _settle(self, contact_id: str, notes: list[WriteIntent]) -> list[WriteIntent]:
         """Find unknown notes on the contact by marker; returns the notes still to send."""
@@ -254,7 +259,9 @@ class _Applier:
         wanted: dict[str, str] = {}
         for r in batch:
             wanted.setdefault(tag_key(r.tag or ""), r.tag or "")
+        failpoints.hit("before-tags-post")
         outcome = await call(contact_id, list(wanted.values()))
+        failpoints.hit("after-tags-post")
         if check and outcome.status == "ok" and isinstance(outcome.data, list):
             kept = {tag_key(str(t)) for t in outcome.data}
             missing = [r for r in batch if tag_key(r.tag or "") not in kept]

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mailsync import failpoints
 from mailsync.config import CampaignConfig
 from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, utcnow
 from mailsync.store.ops import insert_ignore
@@ -55,7 +56,13 @@ class _Page:
 
 
 def _store_page(session: Session, raws: list[dict[str, Any]], campaign: CampaignConfig,
-                run_id: str | None, cutoff: datetime | None, result: CampaignResult) -> _Page:
+                run_id: str | None, cutoff: datetime | None, result: CampaignResult,
+                seen: set[str]) -> _Page:
+    """Store one page's new events, quarantine and ledger rows in the session.
+
+    `seen` holds the keys (events, quarantine, intents) stored earlier in this run: a dry run
+    rolls every page back, so the database alone cannot tell it what it has already counted.
+    """
     items: list[Normalised] = [normalise(r, campaign.drop_id, campaign.contact_id_field, run_id)
                                for r in raws]
     events = {n.event.key: n.event for n in items if n.event is not None}
@@ -65,12 +72,14 @@ def _store_page(session: Session, raws: list[dict[str, Any]], campaign: Campaign
         col(MailEvent.key).in_(list(events)))).all()) if events else set()
     known |= set(session.exec(select(QuarantinedEvent.fingerprint).where(
         col(QuarantinedEvent.fingerprint).in_(list(quarantined))))) if quarantined else set()
+    known |= seen & (set(events) | set(quarantined))
 
-    inserted = set(insert_ignore(session, list(events.values())))
+    inserted = set(insert_ignore(session, list(events.values()))) - seen
     new = [e for k, e in events.items() if k in inserted]
     rows = plan_writes(new, campaign, run_id)
-    planned = set(insert_ignore(session, rows, returning="intent_key"))
-    result.quarantined += len(insert_ignore(session, list(quarantined.values())))
+    planned = set(insert_ignore(session, rows, returning="intent_key")) - seen
+    result.quarantined += len(set(insert_ignore(session, list(quarantined.values()))) - seen)
+    seen |= inserted | planned | set(quarantined)
     result.new_events += len(new)
     result.planned += len(planned)
     for row in rows:
@@ -78,8 +87,7 @@ def _store_page(session: Session, raws: list[dict[str, Any]], campaign: Campaign
             result.planned_by_kind[row.kind] = result.planned_by_kind.get(row.kind, 0) + 1
     if events:
         newest = max(e.event_at for e in events.values())
-        camp = session.get(Campaign, campaign.drop_id)
-        assert camp is not None
+        camp = session.get(Campaign, campaign.drop_id) or _ensure_campaign(session, campaign)
         if camp.newest_event_at is None or newest > camp.newest_event_at:
             camp.newest_event_at = newest
             session.add(camp)
@@ -114,14 +122,22 @@ async def fetch_campaign(
         camp = _ensure_campaign(session, campaign)
         cutoff = camp.newest_event_at - lookback if camp.newest_event_at else None
         resume_offset = camp.resume_offset
-        if not dry_run:
+        seen: set[str] = set()
+        if dry_run:
+            session.rollback()
+        else:
             session.commit()
 
         async def read(page_no: int) -> _Page:
             raws = await fetch_page(page_no, page_size)
-            page = _store_page(session, raws, campaign, run_id, cutoff, result)
-            if not dry_run:
+            page = _store_page(session, raws, campaign, run_id, cutoff, result, seen)
+            # A dry run ends every page's transaction too: holding one open across the HTTP
+            # calls would block every other writer of a SQLite store.
+            if dry_run:
+                session.rollback()
+            else:
                 session.commit()
+            failpoints.hit("page-stored")
             result.pages += 1
             result.fetched += len(raws)
             if on_page:
@@ -153,15 +169,16 @@ async def fetch_campaign(
             page_no += 1
 
         # Events that arrived while we paged sit on top now: re-read until nothing is new.
+        # (After a single page there was no "while": the next run collects them.)
         top = 1
-        while ended and result.pages < cap + 5:
+        while ended and 1 < result.pages < cap + 5:
             page = await read(top)
             if page.new_events == 0 or page.raw_count < page_size:
                 break
             top += 1
 
-        camp = session.get(Campaign, campaign.drop_id)
-        assert camp is not None
+        # A dry run rolled back its first sight of a new campaign: ensure it again.
+        camp = session.get(Campaign, campaign.drop_id) or _ensure_campaign(session, campaign)
         camp.last_fetched_at = utcnow()
         if ended:
             camp.resume_offset = None
