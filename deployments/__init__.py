@@ -1,0 +1,1 @@
+"""Serving and worker set-up for mailsync's scheduled deployments."""

@@ -1,0 +1,100 @@
+"""Prefect artifacts for a run: markdown summary, tables of problem writes, apply progress.
+
+Keys are stable (the UI shows an artifact's history under its key) and hold only lowercase
+letters, digits and dashes, as Prefect requires. Every text goes through `redact`, so a
+token echoed in an error message never reaches the Prefect API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from mailsync.redact import redact
+
+log = logging.getLogger("mailsync.artifacts")
+
+MAX_TABLE_ROWS = 500
+"""Rows per table artifact: keeps each one well under the API's request size limit."""
+MAX_CELL = 300
+"""Characters per table cell (reasons can quote whole response bodies)."""
+
+
+def artifact_key(*parts: str) -> str:
+    """A valid, stable artifact key from free text (e.g. a location id).
+
+    Lowercasing and replacing characters can make two ids collide (`AbC` and `abc`), so a
+    short hash of the original is appended whenever the text had to change.
+    """
+    raw = "-".join(parts)
+    key = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")
+    if key != raw:
+        key = f"{key}-{hashlib.sha1(raw.encode()).hexdigest()[:6]}"
+    return key or "mailsync"
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = redact(value)
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+
+
+def table_chunks(rows: Sequence[Mapping[str, Any]],
+                 size: int = MAX_TABLE_ROWS) -> list[list[dict[str, Any]]]:
+    """Rows split into chunks of at most `size`, cells redacted and shortened."""
+    clean = [{k: _cell(v) for k, v in row.items()} for row in rows]
+    return [clean[i:i + size] for i in range(0, len(clean), size)]
+
+
+def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> list[str]:
+    """Create one table artifact per chunk: `key`, `key-part-2`, ...; returns the keys used.
+
+    An empty table is still published (one artifact saying so), so the key's history shows
+    that a run had no problems rather than leaving the previous run's table on top.
+    """
+    from prefect.artifacts import create_table_artifact
+
+    chunks = table_chunks(rows) or [[]]
+    keys = []
+    for i, chunk in enumerate(chunks, 1):
+        k = key if i == 1 else f"{key}-part-{i}"
+        part = f" (part {i} of {len(chunks)})" if len(chunks) > 1 else ""
+        create_table_artifact(chunk, key=k, description=redact(description + part))
+        keys.append(k)
+    return keys
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    """Create a markdown artifact, redacted."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(redact(markdown), key=key, description=redact(description))
+
+
+def start_progress(location_id: str, description: str) -> UUID | None:
+    """A progress artifact at 0 % for one location's apply (None if Prefect refused it)."""
+    from prefect.artifacts import create_progress_artifact
+
+    try:
+        return create_progress_artifact(0.0, key=artifact_key("mailsync-progress", location_id),
+                                        description=redact(description))
+    except Exception as exc:  # progress is a convenience: never fail an apply over it
+        log.warning("progress artifact for %s not created: %s", location_id, redact(exc))
+        return None
+
+
+async def update_progress(artifact_id: UUID | None, percent: float) -> None:
+    """Move a progress artifact (awaited inside the apply's event loop; errors only logged)."""
+    from prefect.artifacts import aupdate_progress_artifact
+
+    if artifact_id is None:
+        return
+    try:
+        await aupdate_progress_artifact(artifact_id, max(0.0, min(100.0, percent)))
+    except Exception as exc:
+        log.warning("progress artifact not updated: %s", redact(exc))

@@ -1,0 +1,117 @@
+"""Ledger queries and the markdown text behind a run's artifacts.
+
+When `mailsync.report` (the reconciliation report) is installed, the reconcile flow uses its
+summary; the per-run tables here are scoped to the rows a run touched, which that report
+does not need to know about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from mailsync.store.models import WriteIntent, WriteStatus
+from mailsync.sync.runner import RunSummary
+
+REJECTED = (WriteStatus.rejected,)
+MISSED = (WriteStatus.failed, WriteStatus.unknown)
+"""Rows that were tried and whose outcome is not `done`; pending rows with a reason join them
+(a lookup HighLevel did not answer, or the daily quota)."""
+
+_COLUMNS = ("id", "location_id", "drop_id", "recipient_key", "kind", "code", "tag",
+            "contact_id", "status", "last_http_status", "attempts", "reason", "updated_at")
+
+
+def _row(w: WriteIntent) -> dict[str, Any]:
+    # Never the note body: it repeats the recipient's data and adds nothing to a triage table.
+    out = {c: getattr(w, c) for c in _COLUMNS}
+    out["updated_at"] = w.updated_at.isoformat(timespec="seconds") if w.updated_at else None
+    return out
+
+
+def problem_rows(engine: Engine, *, since: datetime | None = None,
+                 locations: Sequence[str] | None = None,
+                 drop_ids: Sequence[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(rejected, missed) ledger rows, optionally only those updated since `since`."""
+    with Session(engine) as s:
+        q = select(WriteIntent).where(
+            col(WriteIntent.status).in_([*REJECTED, *MISSED])
+            | ((WriteIntent.status == WriteStatus.pending)
+               & col(WriteIntent.reason).is_not(None)))
+        if since is not None:
+            q = q.where(WriteIntent.updated_at >= since)
+        if locations:
+            q = q.where(col(WriteIntent.location_id).in_(list(locations)))
+        if drop_ids:
+            q = q.where(col(WriteIntent.drop_id).in_(list(drop_ids)))
+        rows = [_row(w) for w in s.exec(q.order_by(col(WriteIntent.id))).all()]
+    rejected = [r for r in rows if r["status"] == WriteStatus.rejected]
+    missed = [r for r in rows if r["status"] != WriteStatus.rejected]
+    return rejected, missed
+
+
+def ledger_totals(engine: Engine) -> dict[str, int]:
+    """Ledger rows per status, over everything stored."""
+    with Session(engine) as s:
+        q = select(WriteIntent.status, func.count()).group_by(WriteIntent.status)
+        return {str(k): int(v) for k, v in s.exec(q).all()}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return out
+
+
+def run_markdown(summary: RunSummary, rejected: int, missed: int,
+                 flow_run_name: str | None = None) -> str:
+    """The run's summary as markdown: campaigns fetched, writes applied, problems."""
+    title = f"# mailsync {summary.kind} `{summary.run_id}`"
+    lines = [title + (" (dry run: nothing written)" if summary.dry_run else ""), ""]
+    if flow_run_name:
+        lines += [f"Flow run: `{flow_run_name}`", ""]
+    if summary.campaigns:
+        lines += ["## Campaigns", ""]
+        lines += _table(("campaign", "pages", "fetched", "new events", "quarantined",
+                         "writes planned", "page cap hit"),
+                        [(c.drop_id, c.pages, c.fetched, c.new_events, c.quarantined,
+                          c.planned, "yes" if c.capped else "") for c in summary.campaigns])
+        lines.append("")
+    if summary.locations:
+        statuses = ("done", "rejected", "failed", "unknown", "pending")
+        lines += ["## Writes by location", ""]
+        lines += _table(("location", *statuses, "HTTP calls", "stopped"),
+                        [(loc.location_id, *(loc.outcomes.get(s, 0) for s in statuses),
+                          loc.calls, loc.stopped or "") for loc in summary.locations])
+        lines.append("")
+    totals = summary.outcome_totals()
+    lines += ["## Totals", "",
+              f"- writes done: {totals.get('done', 0)}",
+              f"- rejected this run: {rejected} (table `mailsync-{summary.kind}-rejected-writes`)",
+              f"- missed this run (failed, unknown, or left pending with a reason): {missed} "
+              f"(table `mailsync-{summary.kind}-missed-writes`)", ""]
+    if summary.errors:
+        lines += ["## Errors", ""] + [f"- {e}" for e in summary.errors] + [""]
+    return "\n".join(lines)
+
+
+def reconcile_markdown(engine: Engine, rejected: int, missed: int,
+                       since: datetime | None) -> str:
+    """The reconciliation summary: `mailsync.report`'s when installed, else ledger totals."""
+    try:
+        from mailsync.report import build_report  # written alongside; optional here
+
+        return build_report(engine, since=since).to_markdown_summary()
+    except ImportError:
+        pass
+    totals = ledger_totals(engine)
+    scope = f"since {since.isoformat(timespec='seconds')}" if since else "all time"
+    lines = [f"# mailsync reconciliation ({scope})", "", "## Ledger rows by status", ""]
+    lines += _table(("status", "rows"), sorted(totals.items()))
+    lines += ["", f"- rejected: {rejected} (table `mailsync-reconcile-rejected-writes`)",
+              f"- missed: {missed} (table `mailsync-reconcile-missed-writes`)", ""]
+    return "\n".join(lines)

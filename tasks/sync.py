@@ -1,0 +1,207 @@
+"""Tasks that wrap the library's steps at batch granularity: one per campaign, per location.
+
+Tasks are synchronous and run the library's coroutines with `asyncio.run`: each task gets
+its own event loop in its pool thread, so HTTP clients and pacers never cross loops.
+Results stay in memory (`persist_result=False`) and nothing is cached: the write ledger, not
+Prefect, is the record of what was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.tasks import Task
+from sqlmodel import Session, col, func, select
+
+from mailsync.auth import AuthError
+from mailsync.config import ConfigError
+from mailsync.redact import redact
+from mailsync.store.leases import worker_identity
+from mailsync.store.models import WriteIntent, utcnow
+from mailsync.sync import runner
+from mailsync.sync.apply import SYNC_STATUSES, ApplyOptions, ApplyResult
+from mailsync.sync.context import SyncContext
+from mailsync.sync.fetch import CampaignResult
+from tasks.artifacts import start_progress, update_progress
+from tasks.context import build_context
+
+HELD_ELSEWHERE = "another worker holds this location's lease"
+"""`ApplyResult.stopped` when another worker applies the location now (see sync.apply)."""
+PROGRESS_EVERY = 2.0
+"""Seconds between progress artifact updates: each is one call to the Prefect API."""
+
+
+def retry_unless_config(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
+    """Retry transient failures; never a bad config or refused credentials (retrying
+    cannot fix them and only hammers the API with a bad token)."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, AuthError | ConfigError)
+
+
+@dataclass
+class RunPlan:
+    """What a flow run will do: its run id, campaigns and the locations they write to."""
+
+    run_id: str
+    started_at: datetime
+    drop_ids: list[str]
+    locations: list[str]
+
+
+def _plain(counts: dict[str, int]) -> dict[str, int]:
+    # Status keys are StrEnums: plain strings read better in logs and flow results.
+    return {str(k): v for k, v in sorted(counts.items())}
+
+
+COMMON: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE}
+
+
+@task(name="begin-run", **COMMON)
+def begin_run(config_path: str | None, kind: str, campaigns: Sequence[str] | None = None,
+              dry_run: bool = False) -> RunPlan:
+    """Check the config, record the run's start, and list its campaigns and locations."""
+    ctx = build_context(config_path)
+    chosen = runner.select_campaigns(ctx, list(campaigns) if campaigns else None)
+    started = utcnow()
+    run_id = runner.start_run(ctx, kind, dry_run)
+    return RunPlan(run_id, started, [c.drop_id for c in chosen],
+                   sorted({c.location for c in chosen}))
+
+
+@task(name="fetch-and-plan", task_run_name="fetch-and-plan-{drop_id}", retries=2,
+      retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_config, **COMMON)
+def fetch_and_plan(config_path: str | None, drop_id: str, run_id: str, dry_run: bool = False,
+                   lookback_hours: float | None = None,
+                   max_pages: int | None = None) -> CampaignResult:
+    """Fetch one campaign's new events and plan their writes (idempotent: safe to retry)."""
+    ctx = build_context(config_path)
+    campaign = ctx.settings.campaign(drop_id)
+    result = asyncio.run(runner.fetch_and_plan(ctx, campaign, run_id, dry_run=dry_run,
+                                               lookback_hours=lookback_hours,
+                                               max_pages=max_pages))
+    get_run_logger().info(
+        "campaign %s: %d pages, %d events fetched, %d new, %d quarantined, %d writes planned%s",
+        drop_id, result.pages, result.fetched, result.new_events, result.quarantined,
+        result.planned, " (page cap hit)" if result.capped else "")
+    return result
+
+
+def open_rows(ctx: SyncContext, location_id: str, opts: ApplyOptions) -> int:
+    """How many ledger rows the apply will look at (the progress artifact's 100 %)."""
+    with Session(ctx.engine) as s:
+        q = select(func.count()).select_from(WriteIntent).where(
+            WriteIntent.location_id == location_id,
+            col(WriteIntent.status).in_(list(opts.statuses)))
+        if opts.drop_ids:
+            q = q.where(col(WriteIntent.drop_id).in_(list(opts.drop_ids)))
+        if opts.since is not None:
+            q = q.where(col(WriteIntent.created_at) >= opts.since)
+        return int(s.exec(q).one())
+
+
+async def _apply_with_progress(ctx: SyncContext, location_id: str, opts: ApplyOptions,
+                               total: int, artifact_id: Any) -> ApplyResult:
+    done = 0
+
+    def progress(_location: str, n: int) -> None:
+        nonlocal done
+        done += n
+
+    async def ticker() -> None:
+        # Updates ride the apply's own event loop, so they never block its HTTP calls.
+        last = -1
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            if done != last:
+                last = done
+                await update_progress(artifact_id, 100.0 * done / max(total, 1))
+
+    tick = asyncio.create_task(ticker()) if artifact_id is not None else None
+    try:
+        return await runner.apply(ctx, location_id, opts, progress)
+    finally:
+        if tick is not None:
+            tick.cancel()
+            await asyncio.gather(tick, return_exceptions=True)
+            await update_progress(artifact_id, 100.0)
+
+
+@task(name="apply-location", task_run_name="apply-{location_id}", retries=1,
+      retry_delay_seconds=10, retry_condition_fn=retry_unless_config, **COMMON)
+def apply_location(config_path: str | None, location_id: str, *,
+                   statuses: Sequence[str] = SYNC_STATUSES,
+                   drop_ids: Sequence[str] | None = None, since: datetime | None = None,
+                   reresolve: bool = False, lease_wait_seconds: float = 0.0) -> ApplyResult:
+    """Apply one location's open ledger rows inside this task, holding its lease.
+
+    The library paces the location's writes and keeps the lease renewed while it works. If
+    another worker holds the lease, wait up to `lease_wait_seconds` for it, then leave the
+    rows for the next run (they stay `pending` in the ledger). Re-running is safe: `done` rows
+    are never selected again and `unknown` notes are settled before any re-send.
+    """
+    logger = get_run_logger()
+    ctx = build_context(config_path)
+    holder = worker_identity()
+    opts = runner.apply_options(ctx, statuses=statuses, drop_ids=drop_ids, since=since,
+                                reresolve=reresolve, holder=holder)
+    total = open_rows(ctx, location_id, opts)
+    if total == 0:
+        logger.info("location %s: nothing to apply", location_id)
+        return ApplyResult(location_id)
+    artifact_id = start_progress(location_id, f"Writes applied to HighLevel location "
+                                              f"{location_id} ({total} open rows)")
+    deadline = time.monotonic() + lease_wait_seconds
+    while True:
+        started = utcnow()
+        result = asyncio.run(_apply_with_progress(ctx, location_id, opts, total, artifact_id))
+        if result.stopped != HELD_ELSEWHERE:
+            break
+        if time.monotonic() >= deadline:
+            logger.info("lease busy location=%s holder=%s: rows left for the next run",
+                        location_id, holder)
+            return result
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+    # One parseable line per lease held: which holder applied which location, and when.
+    logger.info("lease held location=%s holder=%s start=%s end=%s calls=%d outcomes=%s",
+                location_id, holder, started.isoformat(), utcnow().isoformat(),
+                result.calls, _plain(result.outcomes))
+    if result.stopped:
+        logger.warning("location %s stopped early: %s", location_id, result.stopped)
+    return result
+
+
+@task(name="finish-run", **COMMON)
+def finish_run(config_path: str | None, plan: RunPlan, kind: str, dry_run: bool,
+               campaigns: Sequence[CampaignResult], locations: Sequence[ApplyResult],
+               errors: Sequence[str], drop_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Record the run's end in the store and publish its summary and problem tables."""
+    from prefect.runtime import flow_run
+
+    from tasks.artifacts import publish_markdown, publish_table
+    from tasks.report import problem_rows, run_markdown
+
+    ctx = build_context(config_path)
+    summary = runner.RunSummary(plan.run_id, kind, dry_run, list(campaigns), list(locations),
+                                [redact(e) for e in errors])
+    runner.finish_run(ctx, summary)
+    rejected, missed = ([], []) if dry_run else problem_rows(
+        ctx.engine, since=plan.started_at, locations=plan.locations, drop_ids=drop_ids)
+    what = f"{kind} run {plan.run_id}"
+    publish_markdown(f"mailsync-{kind}-summary",
+                     run_markdown(summary, len(rejected), len(missed), flow_run.get_name()),
+                     f"Summary of mailsync {what}")
+    publish_table(f"mailsync-{kind}-rejected-writes", rejected,
+                  f"Writes HighLevel rejected during {what}: fix the cause, then replay")
+    publish_table(f"mailsync-{kind}-missed-writes", missed,
+                  f"Writes not confirmed during {what} (failed, unknown or deferred)")
+    return {"run_id": plan.run_id, "totals": _plain(summary.outcome_totals()),
+            "rejected": len(rejected), "missed": len(missed), "errors": summary.errors}
+
