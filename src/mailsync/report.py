@@ -408,7 +408,8 @@ def _fetched_by_drop(runs: list[tuple[SyncRun, dict[str, Any]]], w: _Window) -> 
         for camp in counts.get("campaigns") or []:
             if isinstance(camp, dict) and camp.get("drop_id") is not None:
                 d = str(camp["drop_id"])
-                out[d] = out.get(d, 0) + int(camp.get("fetched") or 0)
+                if not w.drop_ids or d in w.drop_ids:
+                    out[d] = out.get(d, 0) + int(camp.get("fetched") or 0)
     return out
 
 

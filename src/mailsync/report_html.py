@@ -27,9 +27,9 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .tile{border-radius:6px;padding:8px 14px;color:#fff;min-width:92px}
 .tile b{display:block;font-size:22px}.charts{display:flex;flex-wrap:wrap;gap:18px}
 .chart{border:1px solid #e2e8f0;border-radius:6px;padding:10px}
-table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
+table{border-collapse:collapse;font-size:12px;margin:6px 0}
 th,td{border:1px solid #e2e8f0;padding:4px 7px;text-align:left;vertical-align:top}
-th{background:#f7fafc}td.n{text-align:right}.kind{font-weight:600}
+th{background:#f7fafc}td.n{text-align:right}td.w{min-width:150px}.kind{font-weight:600}
 .ok{color:#2f855a;font-weight:600}
 """
 
@@ -42,13 +42,17 @@ def _cell(value: Any) -> str:
     return escape(str(value))
 
 
-def _table(df: pd.DataFrame, columns: list[str], numeric: set[str] | None = None) -> str:
-    numeric = numeric or set()
+def _table(df: pd.DataFrame, columns: list[str], numeric: set[str] | None = None,
+           wide: set[str] | None = None) -> str:
+    numeric, wide = numeric or set(), wide or set()
+
+    def cls(c: str) -> str:
+        return ' class="n"' if c in numeric else ' class="w"' if c in wide else ""
+
     head = "".join(f"<th>{escape(c.replace('_', ' '))}</th>" for c in columns)
     body = []
     for rec in df[columns].to_dict("records"):
-        cells = "".join(f'<td class="n">{_cell(rec[c])}</td>' if c in numeric
-                        else f"<td>{_cell(rec[c])}</td>" for c in columns)
+        cells = "".join(f"<td{cls(c)}>{_cell(rec[c])}</td>" for c in columns)
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -95,8 +99,8 @@ def _charts(report: Report) -> str:
     for drop, rows in report.funnel.groupby("drop_id", sort=True):
         name = rows["campaign"].iloc[0] or f"drop {drop}"
         pieces = int(rows["pieces"].iloc[0])
-        charts.append(f'<div class="chart">{funnel_svg(rows, f"{name} ({drop}): {pieces} pieces")}'
-                      "</div>")
+        title = f"{name} ({drop}): {pieces} piece{'s' if pieces != 1 else ''}"
+        charts.append(f'<div class="chart">{funnel_svg(rows, title)}</div>')
     legend = " ".join(f'<span style="color:{c}">&#9632;</span> {escape(s)}'
                       for s, c in STAGE_COLOURS.items())
     return f'<p class="muted">{legend} (share of pieces)</p><div class="charts">' + "".join(
@@ -111,12 +115,13 @@ def _problems(report: Report) -> str:
     kinds = "".join(f'<tr><td class="kind">{escape(k)}</td><td class="n">{n}</td>'
                     f"<td>{escape(str(first.loc[k, 'action']))}</td></tr>"
                     for k, n in counts.items())
-    cols = ["campaign", "drop_id", "recipient", "email", "contact_id", "code", "kind",
+    cols = ["campaign", "recipient", "email", "contact_id", "code", "kind",
             "status", "attempts", "last_http_status", "problem", "reason", "action",
             "first_attempt_at", "last_attempt_at"]
     return ("<table><thead><tr><th>problem</th><th>writes</th><th>what to do</th></tr>"
             f"</thead><tbody>{kinds}</tbody></table>"
-            + _table(report.problems, cols, {"attempts", "last_http_status"}))
+            + _table(report.problems, cols, {"attempts", "last_http_status"},
+                     {"reason", "action"}))
 
 
 def render_html(report: Report) -> str:
@@ -124,7 +129,7 @@ def render_html(report: Report) -> str:
     summary_cols = list(report.summary.columns)
     numeric = set(summary_cols) - {"drop_id", "campaign", "location_id"}
     quarantined = (_table(report.quarantined, ["campaign", "drop_id", "reason", "first_seen",
-                                               "payload"])
+                                               "payload"], wide={"payload"})
                    if not report.quarantined.empty else '<p class="muted">None.</p>')
     unstored = (_table(report.unstored, ["campaign", "drop_id", "code", "event_at",
                                          "recipient", "email", "event_key"])

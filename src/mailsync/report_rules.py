@@ -134,7 +134,8 @@ def classify(row: RowFacts, loc: LocationFacts, now: datetime,
                               or row.created_at <= loc.last_run_finished):
         return _token(loc.token_http_status, loc.token_refused)
     if reason.startswith(("contact lookup", "creating the contact")):
-        return Verdict("lookup_retry", f"HighLevel did not answer the contact lookup: {reason}",
+        detail = reason.split(":", 1)[1].strip() if ":" in reason else reason
+        return Verdict("lookup_retry", f"HighLevel did not answer the contact lookup: {detail}",
                        "none yet: the next run looks again")
     if now - row.created_at > pending_deadline:
         hours = pending_deadline.total_seconds() / 3600
