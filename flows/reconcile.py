@@ -1,4 +1,4 @@
-"""The daily reconciliation: the ledger's report as artifacts, optionally read back."""
+"""The daily reconciliation: the ledger's report as artifacts, optionally verified."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import Field
 
 from flows._common import collect, task_runner
 from mailsync.store.models import utcnow
-from tasks.reconcile import report, verify_location, verify_report
+from tasks.reconcile import locations, report, verify_location
 
 
 @flow(name="reconcile", task_runner=task_runner(), persist_result=False,
@@ -18,25 +18,27 @@ from tasks.reconcile import report, verify_location, verify_report
 def reconcile(
     since_hours: Annotated[float | None, Field(gt=0)] = None,
     verify: bool = False,
-    verify_contacts: Annotated[int, Field(ge=1, le=1000)] = 50,
+    fix: bool = False,
     config_path: str | None = None,
 ) -> dict[str, Any]:
-    """Build the report; with `verify`, one read-back task per location.
+    """Optionally read HighLevel back (one task per location), then publish the report.
 
     Args:
-        since_hours: Only writes updated in the last this many hours; empty means
+        since_hours: Only writes planned in the last this many hours; empty means
             everything in the ledger.
-        verify: Also read a sample of done writes back from HighLevel (read-only).
-        verify_contacts: Contacts per location read back when verifying.
+        verify: Read back the contacts done writes touched and report drifted writes
+            (tags or notes removed in HighLevel since).
+        fix: With verify, re-open drifted writes so the next sync writes them again.
         config_path: Config file on the worker; empty means $MAILSYNC_CONFIG.
     """
     since = utcnow() - timedelta(hours=since_hours) if since_hours else None
-    out = report(config_path, since)
+    verified: list[Any] = []
+    errors: list[str] = []
     if verify:
-        checks = verify_location.map(unmapped(config_path), out["locations"], since=since,
-                                     contacts=verify_contacts)
-        results, errors = collect(checks, out["locations"], "verify")
-        out["verify"] = verify_report(results)
-        if errors:
-            raise RuntimeError("; ".join(errors))
+        locs = locations(config_path)
+        checks = verify_location.map(unmapped(config_path), locs, since=since, fix=fix)
+        verified, errors = collect(checks, locs, "verify")
+    out = report(config_path, since, verified)
+    if errors:
+        raise RuntimeError("; ".join(errors))
     return out

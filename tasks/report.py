@@ -1,8 +1,8 @@
-"""Ledger queries and the markdown text behind a run's artifacts.
+"""A sync or replay run's artifacts: its summary text and the problem rows it touched.
 
-When `mailsync.report` (the reconciliation report) is installed, the reconcile flow uses its
-summary; the per-run tables here are scoped to the rows a run touched, which that report
-does not need to know about.
+The reconcile flow uses `mailsync.report` (per campaign, with a verdict and an action per
+problem). A run's tables here are scoped differently: every row the run *touched*, including
+rows planned by earlier runs that it retried, which the report's run window does not cover.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from mailsync.store.models import WriteIntent, WriteStatus
 from mailsync.sync.runner import RunSummary
@@ -54,13 +54,6 @@ def problem_rows(engine: Engine, *, since: datetime | None = None,
     return rejected, missed
 
 
-def ledger_totals(engine: Engine) -> dict[str, int]:
-    """Ledger rows per status, over everything stored."""
-    with Session(engine) as s:
-        q = select(WriteIntent.status, func.count()).group_by(WriteIntent.status)
-        return {str(k): int(v) for k, v in s.exec(q).all()}
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -98,20 +91,3 @@ def run_markdown(summary: RunSummary, rejected: int, missed: int,
         lines += ["## Errors", ""] + [f"- {e}" for e in summary.errors] + [""]
     return "\n".join(lines)
 
-
-def reconcile_markdown(engine: Engine, rejected: int, missed: int,
-                       since: datetime | None) -> str:
-    """The reconciliation summary: `mailsync.report`'s when installed, else ledger totals."""
-    try:
-        from mailsync.report import build_report  # written alongside; optional here
-
-        return build_report(engine, since=since).to_markdown_summary()
-    except ImportError:
-        pass
-    totals = ledger_totals(engine)
-    scope = f"since {since.isoformat(timespec='seconds')}" if since else "all time"
-    lines = [f"# mailsync reconciliation ({scope})", "", "## Ledger rows by status", ""]
-    lines += _table(("status", "rows"), sorted(totals.items()))
-    lines += ["", f"- rejected: {rejected} (table `mailsync-reconcile-rejected-writes`)",
-              f"- missed: {missed} (table `mailsync-reconcile-missed-writes`)", ""]
-    return "\n".join(lines)
