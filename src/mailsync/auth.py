@@ -216,6 +216,7 @@ class OAuthTokenAuth:
         self._seed = as_secret(refresh_token) if refresh_token else None
         self._token_path = token_path
         self._margin = expiry_margin
+        self._margin_now = expiry_margin  # shrunk for short-lived tokens (time-scaled sandboxes)
         self._max_attempts = max_attempts
         self._clock = clock
         self._sleep = sleep
@@ -228,7 +229,7 @@ class OAuthTokenAuth:
     def _usable(self, token: StoredToken | None) -> bool:
         if token is None or token.access_token is None:
             return False
-        return token.expires_at is None or self._clock() < token.expires_at - self._margin
+        return token.expires_at is None or self._clock() < token.expires_at - self._margin_now
 
     async def token(self, http: httpx.AsyncClient) -> Secret:
         """The current access token, loaded from the store or refreshed when missing/expiring."""
@@ -316,7 +317,10 @@ class OAuthTokenAuth:
         refresh = Secret(str(new_refresh)) if new_refresh else old_refresh
         expires_at = None
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            expires_at = self._clock() + timedelta(seconds=float(body["expires_in"]))
+            lifetime = timedelta(seconds=float(body["expires_in"]))
+            expires_at = self._clock() + lifetime
+            # Refresh early, but never so early that a fresh token already looks stale.
+            self._margin_now = min(self._margin, lifetime / 10)
         return StoredToken(refresh_token=refresh, access_token=access, expires_at=expires_at)
 
 

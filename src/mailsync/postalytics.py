@@ -125,7 +125,8 @@ class PostalyticsClient(ApiClient):
 
     def _on_throttled(self, retry_after: float | None) -> None:
         self.throttled += 1
-        self.limiter.penalize(retry_after if retry_after is not None else 1.0)
+        # Without Retry-After, sit out one whole window of the per-key limit.
+        self.limiter.penalize(retry_after if retry_after is not None else self.limiter.interval)
         log.warning("Postalytics 429 for account %s; backing off", self.account_name)
 
     def _unauthorized_error(self, response: httpx.Response) -> Exception:
