@@ -16,7 +16,9 @@ from datetime import datetime
 
 from sqlmodel import Session
 
-from mailsync.config import CampaignConfig
+from mailsync.auth import AuthError
+from mailsync.config import CampaignConfig, ConfigError
+from mailsync.postalytics import PostalyticsError
 from mailsync.store.models import SyncRun, utcnow
 from mailsync.sync.apply import SYNC_STATUSES, ApplyOptions, ApplyResult, apply_location
 from mailsync.sync.context import SyncContext
@@ -132,7 +134,8 @@ async def run_sync(ctx: SyncContext, *, drop_ids: Sequence[str] | None = None,
     for camp, res in zip(campaigns, results, strict=True):
         if isinstance(res, BaseException):
             summary.errors.append(f"campaign {camp.drop_id}: {res}")
-            log.error("campaign %s: fetch failed: %s", camp.drop_id, res)
+            log.error("campaign %s: fetch failed: %s", camp.drop_id, res,
+                      exc_info=None if _expected(res) else res)
         else:
             summary.campaigns.append(res)
     if not dry_run:
@@ -162,6 +165,11 @@ async def run_replay(ctx: SyncContext, *, statuses: Sequence[str] = REPLAY_STATU
     return summary
 
 
+def _expected(exc: BaseException) -> bool:
+    """Failures with a clear message of their own (no traceback needed to act on them)."""
+    return isinstance(exc, AuthError | PostalyticsError | ConfigError)
+
+
 async def _apply_all(ctx: SyncContext, locations: list[str], opts: ApplyOptions,
                      summary: RunSummary, progress: Callable[[str, int], None] | None) -> None:
     # Locations are independent (HighLevel limits each on its own): apply them side by side.
@@ -170,6 +178,7 @@ async def _apply_all(ctx: SyncContext, locations: list[str], opts: ApplyOptions,
     for loc, res in zip(locations, results, strict=True):
         if isinstance(res, BaseException):
             summary.errors.append(f"location {loc}: {res}")
-            log.error("location %s: apply failed: %s", loc, res)
+            log.error("location %s: apply failed: %s", loc, res,
+                      exc_info=None if _expected(res) else res)
         else:
             summary.locations.append(res)
