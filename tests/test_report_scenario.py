@@ -221,3 +221,38 @@ def test_report_files_carry_the_problems_without_secrets(world: Any, tmp_path: P
 
 def _has_events(sb: SandboxServer, key: tuple[str, int]) -> bool:
     return bool(_events_by_recipient(sb).get(key))
+
+
+def test_verify_cli_reports_drift_and_fixes_only_when_asked(world: Any) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from mailsync.report_cli import register
+
+    sb, manifest, settings, ctx = world
+    sb.advance(48)
+    asyncio.run(run_sync(ctx))
+    loc = next(x for x in manifest["locations"] if x["auth"] == "pit")
+    contact = next(c for c in sb.state(loc["id"])["contacts"]
+                   if any(code_from_tag(t) for t in c["tags"]))
+    tag = next(t for t in contact["tags"] if code_from_tag(t))
+    with httpx.Client(base_url=sb.highlevel_url, timeout=10, headers={
+            "Authorization": f"Bearer {loc['token']}", "Version": "2021-07-28"}) as hl:
+        hl.request("DELETE", f"/contacts/{contact['id']}/tags",
+                   json={"tags": [tag]}).raise_for_status()
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    config = str(settings.source)
+    res = runner.invoke(app, ["verify", "--config", config])
+    assert res.exit_code == 0, res.output
+    assert "1 write(s) missing in HighLevel" in res.output and "--fix" in res.output
+    assert "drift" not in build_report(ctx.engine).problem_counts()  # it changed nothing
+    res = runner.invoke(app, ["verify", "--config", config, "--fix"])
+    assert res.exit_code == 0 and "Re-opened 1 write(s)" in res.output, res.output
+    assert build_report(ctx.engine).problem_counts()["drift"] == 1
+    asyncio.run(run_sync(ctx))  # the next scheduled sync re-sends it
+    assert tag_key(tag) in {tag_key(t) for c in sb.state(loc["id"])["contacts"]
+                            if c["id"] == contact["id"] for t in c["tags"]}
+    assert "drift" not in build_report(ctx.engine).problem_counts()
+    assert "No drift" in runner.invoke(app, ["verify", "--config", config]).output

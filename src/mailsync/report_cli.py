@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mailsync.config import ConfigError
-from mailsync.report import SUMMARY_COLUMNS, Report, build_report, write_report_files
+from mailsync.report import STATUSES, Report, build_report, write_report_files
 
 FORMATS = ("table", "csv", "json", "html", "all")
 TABLE_ROWS = 50
@@ -42,13 +42,20 @@ def parse_when(text: str | None, now: datetime | None = None) -> datetime | None
 
 
 def print_report(report: Report, console: Console, limit: int = TABLE_ROWS) -> None:
-    """The report as rich tables: counts per campaign, problems by kind, problem rows."""
+    """The report as rich tables: counts per campaign, problems by kind, problem rows.
+
+    Compact on purpose (terminals are often 80-120 columns): the action per problem kind is
+    in its own table, so the rows need not repeat it; the files carry every column.
+    """
     table = Table(title="writes per campaign and location")
-    for c in SUMMARY_COLUMNS:
-        table.add_column(c.replace("_", " "), justify="left" if c in (
-            "drop_id", "campaign", "location_id") else "right")
+    table.add_column("campaign / location")
+    table.add_column("events\nfetched/new/quar.", justify="right")
+    for c in ("planned", *STATUSES, "problems"):
+        table.add_column(c, justify="right")
     for rec in report.summary.to_dict("records"):
-        table.add_row(*(str(rec[c]) for c in SUMMARY_COLUMNS))
+        table.add_row(f"{rec['drop_id']} {rec['campaign']}\n{rec['location_id']}",
+                      f"{rec['events_fetched']}/{rec['events_new']}/{rec['quarantined']}",
+                      *(str(rec[c]) for c in ("planned", *STATUSES, "problems")))
     console.print(table)
     if report.problems.empty:
         console.print("[green]No problem writes: everything planned was written.[/green]")
@@ -61,12 +68,13 @@ def print_report(report: Report, console: Console, limit: int = TABLE_ROWS) -> N
             kinds.add_row(kind, str(n), str(first.loc[kind, "action"]))
         console.print(kinds)
         rows = Table(title=f"problem writes ({len(report.problems)})")
-        cols = ("campaign", "recipient", "email", "contact_id", "code", "kind", "attempts",
-                "last_http_status", "reason", "action")
-        for c in cols:
-            rows.add_column(c.replace("_", " "), overflow="fold")
+        for c in ("recipient", "contact id", "write", "tries", "HTTP", "problem", "reason"):
+            rows.add_column(c, overflow="fold")
         for rec in report.problems.head(limit).to_dict("records"):
-            rows.add_row(*("" if _blank(rec[c]) else str(rec[c]) for c in cols))
+            who = rec["recipient"] + (f"\n{rec['email']}" if rec["email"] else "")
+            http = "" if _blank(rec["last_http_status"]) else str(rec["last_http_status"])
+            rows.add_row(who, rec["contact_id"], f"{rec['kind']} {rec['code']}",
+                         str(rec["attempts"]), http, rec["problem"], rec["reason"])
         console.print(rows)
         if len(report.problems) > limit:
             console.print(f"... {len(report.problems) - limit} more: write them with "
