@@ -435,8 +435,9 @@ def test_oauth_refresh_rejected_is_an_auth_error_without_secrets() -> None:
     server = OAuthServer()
     server.valid_refresh = "something-else"
     client, _ = oauth_client(server, InMemoryTokenStore())
-    with pytest.raises(TokenRefreshError) as info:
+    with pytest.raises(HighLevelAuthError) as info:
         run(client.add_tags("c1", ["t"]))
+    assert isinstance(info.value.__cause__, TokenRefreshError)
     text = str(info.value)
     assert "invalid_grant" in text and LOC in text
     for secret in ("client-secret-456", "refresh-gen-0", "client-id-123"):

@@ -132,3 +132,7 @@ def test_validator_catches_a_bad_request() -> None:
     )
     with pytest.raises(Exception):  # noqa: B017 - any validation error will do
         spec("contacts.json").validate_request(OpenAPIRequest(wrong_version))
+    no_auth = httpx.Request("GET", f"{SERVER}/contacts/c1/notes",
+                            headers={"Version": "2021-07-28"})
+    with pytest.raises(Exception, match=r"(?i)security"):
+        spec("contacts.json").validate_request(OpenAPIRequest(no_auth))

@@ -109,6 +109,16 @@ def test_fixed_rate_never_four_in_a_second_even_with_slow_answers() -> None:
         assert stamps[i + 3] - stamps[i] > 3.0
 
 
+def test_fixed_rate_accepts_fractional_rates() -> None:
+    vt = VirtualTime()
+    limiter = FixedRateLimiter(2.5, 1.0, clock=vt.clock, sleep=vt.sleep)
+    stamps = stamps_of(limiter, vt, 10)
+    for i in range(len(stamps) - 2):
+        assert stamps[i + 2] - stamps[i] > 0.8  # at most 2 per 1 s window, spaced 0.42 s
+    with pytest.raises(ValueError):
+        FixedRateLimiter(0, 1.0)
+
+
 def test_fixed_rate_penalize_pauses_everyone() -> None:
     now = [0.0]
     limiter = FixedRateLimiter(3, 1.0, clock=lambda: now[0])

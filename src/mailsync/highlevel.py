@@ -120,8 +120,17 @@ class HighLevelClient(ApiClient):
         return None
 
     async def _auth_headers(self) -> dict[str, str]:
-        token = await self.auth.token(self.http)
+        try:
+            token = await self.auth.token(self.http)
+        except AuthError as exc:
+            raise self._auth_failed(exc) from exc
         return {"Authorization": f"Bearer {token.get()}"}
+
+    def _auth_failed(self, exc: AuthError) -> HighLevelAuthError:
+        # One exception type for callers, whichever step (token, refresh) failed.
+        if isinstance(exc, HighLevelAuthError):
+            return exc
+        return HighLevelAuthError(redact(f"location {self.location_id}: {exc}"))
 
     def _attempt_done(self) -> None:
         self.pacer.release()
@@ -140,7 +149,10 @@ class HighLevelClient(ApiClient):
         # The token this very request carried: concurrent callers that hit 401 with the
         # same token then share one refresh (the auth adopts a token that already changed).
         sent = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
-        await self.auth.refresh(self.http, Secret(sent) if sent else None)
+        try:
+            await self.auth.refresh(self.http, Secret(sent) if sent else None)
+        except AuthError as exc:
+            raise self._auth_failed(exc) from exc
         return True
 
     def _unauthorized_error(self, response: httpx.Response) -> Exception:

@@ -234,15 +234,18 @@ class FixedRateLimiter(WindowPacer):
 
     def __init__(
         self,
-        rate: int = 3,
+        rate: float = 3,
         per: float = 1.0,
         *,
         margin: float = 0.05,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        if rate <= 0 or per <= 0:
+            raise ValueError("rate and per must be positive")
         super().__init__(
-            max_requests=rate,
+            # A fractional rate (2.5/s) allows whole requests per window; spacing does the rest.
+            max_requests=max(1, int(rate)),
             interval=per,
             headroom=0.0,
             slack=margin,
