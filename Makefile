@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/mailsync demo
 
 test: $(STAMP)
+	@scripts/ensure-chromium
 	$(BIN)/pytest -m "$(MARKERS)" $(PYTEST_ARGS)
 
 test-all: $(STAMP)

@@ -18,6 +18,7 @@ from rich.table import Table
 from mailsync.codes import MAIL_CODES
 from mailsync.config import ConfigError, Settings, load_settings
 from mailsync.demo import DEMO_FAULTS, run_demo
+from mailsync.report_cli import register as register_report_commands
 from mailsync.sandbox.cli import sandbox_app
 from mailsync.store.engine import head_revision, safe_url, upgrade_database
 from mailsync.sync.context import SyncContext
@@ -264,6 +265,7 @@ def demo_cmd(
 
 
 app.add_typer(sandbox_app, name="sandbox", help="Both APIs simulated over real HTTP.")
+register_report_commands(app)
 
 
 def main() -> None:

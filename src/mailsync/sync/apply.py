@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailsync import failpoints
+from mailsync.auth import AuthError
 from mailsync.codes import tag_key
 from mailsync.highlevel import HighLevelClient
 from mailsync.store.leases import DEFAULT_TTL, acquire_lease, release_lease
@@ -168,7 +169,7 @@ class _Applier:
         for r in rows:
             if r.contact_id is not None:
                 by_contact[r.contact_id].append(r)
-        await asyncio.gather(*(self._contact(c, rs) for c, rs in by_contact.items()))
+        await _all_or_first_error(self._contact(c, rs) for c, rs in by_contact.items())
 
     async def _resolve(self, rows: list[WriteIntent]) -> None:
         if not rows:
@@ -207,7 +208,7 @@ class _Applier:
                       http_status=res.http_status)
                 self._done(WriteStatus.pending, len(ids))
 
-        await asyncio.gather(*(one(p, rs) for p, rs in pairs.items()))
+        await _all_or_first_error(one(p, rs) for p, rs in pairs.items())
 
     async def _contact(self, contact_id: str, rows: list[WriteIntent]) -> None:
         async with self.sem:
@@ -276,6 +277,17 @@ class _Applier:
         self._record(batch, outcome, attempt=True)
 
 
+async def _all_or_first_error(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run side by side; the first error cancels the rest (rather than leaving them running
+    against a client about to close) and is raised as itself, not as a group."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for coro in coros:
+                tg.create_task(coro)
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+
+
 async def apply_location(engine: Engine, hl: HighLevelClient, location_id: str,
                          opts: ApplyOptions | None = None,
                          progress: Progress | None = None) -> ApplyResult:
@@ -295,7 +307,13 @@ async def apply_location(engine: Engine, hl: HighLevelClient, location_id: str,
                 break
             await applier.run_chunk(pairs[start:start + opts.chunk_recipients])
         if applier.stop == DAILY_QUOTA_REASON:
-            _defer_rest(engine, location_id, opts)
+            _defer_rest(engine, location_id, opts, DAILY_QUOTA_REASON)
+    except AuthError as exc:
+        # The location's token was refused: say so on every row that waits for it, so the
+        # report can tell support what to do; they stay open for the run after the fix.
+        _defer_rest(engine, location_id, opts, f"token refused: {exc}",
+                    http_status=getattr(exc, "http_status", None) or 401)
+        raise
     finally:
         if keeper is not None:
             keeper.cancel()
@@ -306,11 +324,14 @@ async def apply_location(engine: Engine, hl: HighLevelClient, location_id: str,
     return applier.result
 
 
-def _defer_rest(engine: Engine, location_id: str, opts: ApplyOptions) -> None:
+def _defer_rest(engine: Engine, location_id: str, opts: ApplyOptions, reason: str,
+                http_status: int | None = None) -> None:
+    """Leave the location's remaining pending rows pending, with the reason why."""
     with Session(engine) as s:
         ids = s.exec(_filter(select(WriteIntent.id), location_id, opts).where(
             WriteIntent.status == WriteStatus.pending)).all()
-    _mark(engine, [i for i in ids if i is not None], WriteStatus.pending, reason=DAILY_QUOTA_REASON)
+    _mark(engine, [i for i in ids if i is not None], WriteStatus.pending, reason=reason,
+          http_status=http_status)
 
 
 async def _keep_lease(engine: Engine, location_id: str, holder: str | None, ttl: timedelta,
