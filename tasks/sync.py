@@ -107,13 +107,26 @@ def open_rows(ctx: SyncContext, location_id: str, opts: ApplyOptions) -> int:
         return int(s.exec(q).one())
 
 
+@dataclass
+class _Window:
+    """When a location's writes were recorded: first and last outcome, both under the lease."""
+
+    first: datetime | None = None
+    last: datetime | None = None
+
+
 async def _apply_with_progress(ctx: SyncContext, location_id: str, opts: ApplyOptions,
-                               total: int, artifact_id: Any) -> ApplyResult:
+                               total: int, artifact_id: Any,
+                               window: _Window) -> ApplyResult:
     done = 0
 
     def progress(_location: str, n: int) -> None:
         nonlocal done
         done += n
+        # Outcomes are recorded between the lease's acquisition and its release, so these
+        # two times bound a span in which this holder alone wrote to the location.
+        window.last = utcnow()
+        window.first = window.first or window.last
 
     async def ticker() -> None:
         # Updates ride the apply's own event loop, so they never block its HTTP calls.
@@ -159,9 +172,10 @@ def apply_location(config_path: str | None, location_id: str, *,
     artifact_id = start_progress(location_id, f"Writes applied to HighLevel location "
                                               f"{location_id} ({total} open rows)")
     deadline = time.monotonic() + lease_wait_seconds
+    window = _Window()
     while True:
-        started = utcnow()
-        result = asyncio.run(_apply_with_progress(ctx, location_id, opts, total, artifact_id))
+        result = asyncio.run(_apply_with_progress(ctx, location_id, opts, total, artifact_id,
+                                                  window))
         if result.stopped != HELD_ELSEWHERE:
             break
         if time.monotonic() >= deadline:
@@ -169,9 +183,11 @@ def apply_location(config_path: str | None, location_id: str, *,
                         location_id, holder)
             return result
         time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
-    # One parseable line per lease held: which holder applied which location, and when.
-    logger.info("lease held location=%s holder=%s start=%s end=%s calls=%d outcomes=%s",
-                location_id, holder, started.isoformat(), utcnow().isoformat(),
+    # One parseable line per apply: which holder wrote to which location, and when.
+    logger.info("applied location=%s holder=%s first_write=%s last_write=%s calls=%d "
+                "outcomes=%s", location_id, holder,
+                window.first.isoformat() if window.first else "-",
+                window.last.isoformat() if window.last else "-",
                 result.calls, _plain(result.outcomes))
     if result.stopped:
         logger.warning("location %s stopped early: %s", location_id, result.stopped)
