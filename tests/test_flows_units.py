@@ -1,0 +1,169 @@
+"""Fast checks of the Prefect glue: keys, chunking, secrets, retry rules, schemas, config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mailsync.auth import AuthError
+from mailsync.config import ConfigError, SecretRef
+from mailsync.redact import register_secret
+from tasks import artifacts, secrets
+from tasks.artifacts import artifact_key, table_chunks
+from tasks.secrets import prefect_secret_resolver
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = re.compile(r"[a-z0-9-]+")
+
+
+@pytest.mark.parametrize("loc", ["p3hJajHDfTVxMkMmq2P5", "loc_1", "abc", "ABC", "a b/c", "--x--"])
+def test_artifact_keys_are_valid_and_stable(loc: str) -> None:
+    key = artifact_key("mailsync-progress", loc)
+    assert KEY.fullmatch(key) and key == artifact_key("mailsync-progress", loc)
+
+
+def test_artifact_keys_do_not_collide_on_case() -> None:
+    assert artifact_key("mailsync-progress", "AbC") != artifact_key("mailsync-progress", "abc")
+    assert artifact_key("mailsync-sync-summary") == "mailsync-sync-summary"
+
+
+def test_tables_are_chunked_redacted_and_shortened() -> None:
+    register_secret("tok-SUPERSECRET-123")
+    rows = [{"id": i, "reason": "401 for Bearer tok-SUPERSECRET-123", "n": None}
+            for i in range(1201)]
+    rows[0]["reason"] = "x" * 1000
+    chunks = table_chunks(rows)
+    assert [len(c) for c in chunks] == [500, 500, 201]
+    assert len(chunks[0][0]["reason"]) == artifacts.MAX_CELL
+    assert all("SUPERSECRET" not in str(r) for c in chunks for r in c)
+    assert chunks[2][-1]["id"] == 1200 and chunks[2][-1]["n"] is None
+
+
+def test_publish_table_uses_part_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.artifacts
+
+    made: list[tuple[str, int]] = []
+    monkeypatch.setattr(prefect.artifacts, "create_table_artifact",
+                        lambda table, key, description: made.append((key, len(table))))
+    keys = artifacts.publish_table("mailsync-sync-rejected-writes",
+                                   [{"id": i} for i in range(1001)], "rejected")
+    assert keys == ["mailsync-sync-rejected-writes", "mailsync-sync-rejected-writes-part-2",
+                    "mailsync-sync-rejected-writes-part-3"]
+    assert [n for _, n in made] == [500, 500, 1]
+    made.clear()
+    assert artifacts.publish_table("k", [], "none") == ["k"] and made == [("k", 0)]
+
+
+def test_resolver_prefers_block_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def load(name: str) -> str:
+        calls.append(name)
+        if name == "missing":
+            raise ValueError("Unable to find block document named missing")
+        return f"value-of-{name}"
+
+    monkeypatch.setattr(secrets, "_load_block", load)
+    resolve = prefect_secret_resolver({"TOKEN_ENV": "env-token-value"})
+    assert resolve(SecretRef(secret="loc1", env="TOKEN_ENV")) == "value-of-loc1"
+    assert resolve(SecretRef(secret="loc1", env="TOKEN_ENV")) == "value-of-loc1"
+    assert calls == ["loc1"]  # cached: one API read per resolver
+    assert resolve(SecretRef(secret="missing", env="TOKEN_ENV")) == "env-token-value"
+    assert resolve(SecretRef(env="TOKEN_ENV")) == "env-token-value"
+    with pytest.raises(ConfigError, match="'missing' could not be read"):
+        resolve(SecretRef(secret="missing"))
+    with pytest.raises(ConfigError, match="NOPE"):
+        resolve(SecretRef(env="NOPE"))
+
+
+def test_no_retry_on_auth_or_config_errors() -> None:
+    from prefect.states import Failed
+
+    from tasks.sync import retry_unless_config
+
+    def retries(exc: BaseException) -> bool:
+        return retry_unless_config(None, None, Failed(data=exc))  # type: ignore[arg-type]
+
+    assert not retries(AuthError("401"))
+    assert not retries(ConfigError("bad"))
+    assert retries(TimeoutError("slow"))
+    assert retries(ValueError("bad JSON page"))
+
+
+def _props(flow: Any) -> dict[str, Any]:
+    from prefect.utilities.callables import parameter_schema
+
+    return parameter_schema(flow.fn).model_dump()["properties"]
+
+
+def test_flow_parameters_are_described_for_the_ui() -> None:
+    from flows import reconcile, replay, sync_campaigns
+
+    expected = {
+        sync_campaigns: {"campaigns", "dry_run", "lookback_hours", "max_pages", "config_path",
+                         "lease_wait_seconds"},
+        replay: {"statuses", "campaigns", "since", "config_path", "lease_wait_seconds"},
+        reconcile: {"since_hours", "verify", "fix", "config_path"},
+    }
+    for flow, names in expected.items():
+        props = _props(flow)
+        assert set(props) == names, flow.name
+        assert all(p.get("description") for p in props.values()), flow.name
+    assert _props(replay)["statuses"]["items"]["enum"] == ["pending", "rejected", "failed",
+                                                           "unknown"]
+
+
+def test_task_runner_is_bounded() -> None:
+    from flows import reconcile, replay, sync_campaigns
+
+    # Prefect's default pool is unbounded; ours is not (private attribute: no public getter).
+    for flow in (sync_campaigns, replay, reconcile):
+        assert flow.task_runner._max_workers == 8  # type: ignore[attr-defined]
+
+
+def test_tasks_persist_nothing_and_cache_nothing() -> None:
+    from prefect.cache_policies import NO_CACHE
+
+    from tasks import reconcile as rt
+    from tasks import sync as st
+
+    for t in (st.begin_run, st.fetch_and_plan, st.apply_location, st.finish_run,
+              rt.verify_location, rt.report, rt.locations):
+        assert t.persist_result is False and t.cache_policy is NO_CACHE, t.name
+    assert st.fetch_and_plan.retries == 2 and st.apply_location.retries == 1
+
+
+def test_prefect_yaml_deployments() -> None:
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deps = {d["name"]: d for d in spec["deployments"]}
+    assert set(deps) == {"mailsync-sync", "mailsync-reconcile", "mailsync-replay"}
+    assert deps["mailsync-sync"]["schedules"] == [{"interval": 900}]
+    assert deps["mailsync-sync"]["concurrency_limit"] == {"limit": 1,
+                                                         "collision_strategy": "CANCEL_NEW"}
+    assert deps["mailsync-reconcile"]["schedules"][0]["cron"] == "0 6 * * *"
+    assert deps["mailsync-replay"]["schedules"] == []
+    assert all(d["work_pool"]["name"] == "mailsync-pool" for d in deps.values())
+    pull = spec["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    assert pull["directory"] == "{{ home.stdout }}"
+    from prefect.flows import load_flow_from_entrypoint
+
+    for d in deps.values():
+        path, name = d["entrypoint"].split(":")
+        assert load_flow_from_entrypoint(f"{ROOT / path}:{name}") is not None
+
+
+def test_serve_builds_the_same_schedules() -> None:
+    from deployments.serve import build_deployments
+
+    sync, reconcile, replay = build_deployments("Europe/Paris")
+    assert sync.name == "mailsync-sync"
+    assert [s.schedule.interval.total_seconds() for s in sync.schedules] == [900]
+    assert sync.concurrency_limit == 1
+    assert sync.concurrency_options.collision_strategy == "CANCEL_NEW"
+    cron = reconcile.schedules[0].schedule
+    assert (cron.cron, cron.timezone) == ("0 6 * * *", "Europe/Paris")
+    assert replay.schedules == []
