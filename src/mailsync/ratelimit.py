@@ -268,13 +268,13 @@ def key_fingerprint(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
-def postalytics_limiter(api_key: str) -> FixedRateLimiter:
-    """The one 3 requests/s limiter for this API key in this process."""
-    name = key_fingerprint(api_key)
+def postalytics_limiter(api_key: str, rate: float = 3.0) -> FixedRateLimiter:
+    """The one limiter for this API key (at `rate` requests/s) in this process."""
+    name = f"{key_fingerprint(api_key)}@{rate:g}"
     with _postalytics_lock:
         limiter = _postalytics.get(name)
         if limiter is None:
-            limiter = _postalytics[name] = FixedRateLimiter(3.0, 1.0)
+            limiter = _postalytics[name] = FixedRateLimiter(rate, 1.0)
         return limiter
 
 

@@ -11,7 +11,7 @@ from mailsync.auth import OAuthTokenAuth, Secret, StaticTokenAuth
 from mailsync.config import ConfigError, SecretRef, SecretResolver, Settings, env_resolver
 from mailsync.highlevel import HighLevelClient
 from mailsync.postalytics import PostalyticsClient
-from mailsync.ratelimit import FixedRateLimiter
+from mailsync.ratelimit import postalytics_limiter
 from mailsync.store.engine import get_engine
 from mailsync.store.tokens import DatabaseTokenStore
 
@@ -48,8 +48,8 @@ class SyncContext:
         extra: dict[str, object] = {}
         if self.timeout is not None:
             extra["timeout"] = self.timeout
-        if pa.requests_per_second != 3.0:
-            extra["limiter"] = FixedRateLimiter(pa.requests_per_second, 1.0)
+        # Shared by every client of this key in the process: campaigns fetch side by side.
+        extra["limiter"] = postalytics_limiter(key.get(), pa.requests_per_second)
         return PostalyticsClient(pa.base_url, key, account_name=pa.account,
                                  transport=self.postalytics_transport, **extra)  # type: ignore[arg-type]
 
