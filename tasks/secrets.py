@@ -47,8 +47,8 @@ def prefect_secret_resolver(environ: Mapping[str, str] | None = None) -> SecretR
                 if not ref.env:
                     raise ConfigError(
                         f"{ref.describe()} could not be read ({type(exc).__name__})") from None
-                log.warning("%s could not be read (%s); using env %s",
-                            ref.describe(), type(exc).__name__, ref.env)
+                log.warning("Prefect Secret block %r could not be read (%s); using env %s",
+                            ref.secret, type(exc).__name__, ref.env)
         if value is None:
             value = from_env(SecretRef(env=ref.env) if ref.env else ref)
         # Registered so that any log line or artifact text that echoes it is masked.
