@@ -27,14 +27,12 @@ from mailsync.redact import redact
 from mailsync.store.leases import worker_identity
 from mailsync.store.models import WriteIntent, utcnow
 from mailsync.sync import runner
-from mailsync.sync.apply import SYNC_STATUSES, ApplyOptions, ApplyResult
+from mailsync.sync.apply import LEASE_HELD_ELSEWHERE, SYNC_STATUSES, ApplyOptions, ApplyResult
 from mailsync.sync.context import SyncContext
 from mailsync.sync.fetch import CampaignResult
 from tasks.artifacts import start_progress, update_progress
 from tasks.context import build_context
 
-HELD_ELSEWHERE = "another worker holds this location's lease"
-"""`ApplyResult.stopped` when another worker applies the location now (see sync.apply)."""
 PROGRESS_EVERY = 2.0
 """Seconds between progress artifact updates: each is one call to the Prefect API."""
 
@@ -176,7 +174,7 @@ def apply_location(config_path: str | None, location_id: str, *,
     while True:
         result = asyncio.run(_apply_with_progress(ctx, location_id, opts, total, artifact_id,
                                                   window))
-        if result.stopped != HELD_ELSEWHERE:
+        if result.stopped != LEASE_HELD_ELSEWHERE:
             break
         if time.monotonic() >= deadline:
             logger.info("lease busy location=%s holder=%s: rows left for the next run",

@@ -12,8 +12,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 
@@ -30,6 +31,7 @@ def safe_url(url: str) -> str:
     return make_url(normalise_url(url)).render_as_string(hide_password=True)
 
 
+_MIGRATION_LOCK = 0x6D61696C  # "mail": the advisory lock id schema upgrades take
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -104,9 +106,18 @@ def upgrade_database(url: str) -> tuple[str | None, str | None]:
     url = normalise_url(url)
     before = current_revision(url)
     cfg = _alembic_config(url)
-    with _engine(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    try:
+        with _engine(url).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Several workers may start on a fresh database at once: one migrates, the
+                # others wait here and then find the schema current.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError:
+        # SQLite has no advisory lock: a concurrent first use may have migrated meanwhile.
+        if current_revision(url) != head_revision():
+            raise
     _upgraded.add(url)
     return before, current_revision(url)
 

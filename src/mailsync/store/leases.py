@@ -11,7 +11,7 @@ import socket
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import case, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -36,7 +36,9 @@ def acquire_lease(engine: Engine, location_id: str, holder: str,
             .where(LocationLease.location_id == location_id)  # type: ignore[arg-type]
             .where(or_(LocationLease.holder == holder,  # type: ignore[arg-type]
                        LocationLease.expires_at < now))  # type: ignore[arg-type]
-            .values(holder=holder, expires_at=now + ttl)
+            .values(holder=holder, expires_at=now + ttl,
+                    acquired_at=case((LocationLease.holder == holder,  # type: ignore[arg-type]
+                                      LocationLease.acquired_at), else_=now))
         )
         if result.rowcount == 1:
             s.commit()

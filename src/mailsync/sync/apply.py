@@ -36,6 +36,7 @@ SYNC_STATUSES = (WriteStatus.pending, WriteStatus.unknown, WriteStatus.failed)
 """What a scheduled run picks up; `rejected` waits for a fix and a replay."""
 MAX_AUTO_ATTEMPTS = 8
 """A `failed` row is retried by later runs until it has been tried this often."""
+LEASE_HELD_ELSEWHERE = "another worker holds this location's lease"
 DAILY_QUOTA_REASON = "daily quota: HighLevel's daily request budget is nearly spent"
 _STATUS_OF = {"ok": WriteStatus.done, "rejected": WriteStatus.rejected,
               "failed": WriteStatus.failed, "unknown": WriteStatus.unknown,
@@ -296,7 +297,7 @@ async def apply_location(engine: Engine, hl: HighLevelClient, location_id: str,
     applier = _Applier(engine, hl, location_id, opts, progress)
     holder = opts.holder
     if holder and not acquire_lease(engine, location_id, holder, opts.lease_ttl):
-        applier.result.stopped = "another worker holds this location's lease"
+        applier.result.stopped = LEASE_HELD_ELSEWHERE
         return applier.result
     keeper = asyncio.create_task(_keep_lease(engine, location_id, holder, opts.lease_ttl,
                                              applier)) if holder else None

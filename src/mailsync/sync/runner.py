@@ -19,6 +19,7 @@ from sqlmodel import Session
 from mailsync.auth import AuthError
 from mailsync.config import CampaignConfig, ConfigError
 from mailsync.postalytics import PostalyticsError
+from mailsync.store.leases import worker_identity
 from mailsync.store.models import SyncRun, utcnow
 from mailsync.sync.apply import SYNC_STATUSES, ApplyOptions, ApplyResult, apply_location
 from mailsync.sync.context import SyncContext
@@ -114,6 +115,9 @@ def apply_options(ctx: SyncContext, *, statuses: Sequence[str] = SYNC_STATUSES,
                   reresolve: bool = False, holder: str | None = None) -> ApplyOptions:
     """Apply options from the settings (which campaigns may create missing contacts)."""
     create = frozenset(c.drop_id for c in ctx.settings.campaigns if c.create_missing_contacts)
+    # Always under a lease: two processes applying one location would pace it twice and
+    # could send the same note twice.
+    holder = holder or worker_identity()
     return ApplyOptions(statuses=tuple(statuses), drop_ids=drop_ids, since=since,
                         reresolve=reresolve, create_missing=create, holder=holder)
 
