@@ -18,14 +18,20 @@ from mailsync.auth import InMemoryTokenStore, OAuthTokenAuth, StoredToken
 from mailsync.highlevel import HighLevelClient
 from mailsync.ratelimit import WindowPacer
 
-SPEC_DIR = Path("/work/shared/ref/highlevel-openapi")
-if not SPEC_DIR.exists():  # the copy shipped with the sandbox, when present
-    SPEC_DIR = Path(__file__).parents[1] / "src/mailsync/sandbox/spec"
+# The official files, shipped unchanged with the sandbox (a test below compares them with
+# ../shared/ref/highlevel-openapi wherever that checkout of the reference is present).
+SPEC_DIR = Path(__file__).parents[1] / "src/mailsync/sandbox/spec"
+SHARED_DIR = Path(__file__).parents[2] / "shared/ref/highlevel-openapi"
 SERVER = "https://services.leadconnectorhq.com"
 
-pytestmark = pytest.mark.skipif(
-    not (SPEC_DIR / "apps/contacts.json").exists(), reason="HighLevel OpenAPI files not found"
-)
+
+def test_shipped_spec_files_are_the_official_ones_unchanged():
+    names = ("apps/contacts.json", "apps/oauth.json", "common/common-schemas.json")
+    for name in names:
+        assert json.loads((SPEC_DIR / name).read_text())  # present and valid JSON
+    if SHARED_DIR.exists():
+        for name in names:
+            assert (SPEC_DIR / name).read_bytes() == (SHARED_DIR / name).read_bytes(), name
 
 
 @cache
