@@ -18,6 +18,7 @@ from rich.table import Table
 from mailsync.codes import MAIL_CODES
 from mailsync.config import ConfigError, Settings, load_settings
 from mailsync.demo import DEMO_FAULTS, run_demo
+from mailsync.redact import install_log_redaction
 from mailsync.report_cli import register as register_report_commands
 from mailsync.sandbox.cli import sandbox_app
 from mailsync.store.engine import head_revision, safe_url, upgrade_database
@@ -60,6 +61,22 @@ def friendly_errors(func: F) -> F:
 def settings_from(config: Path | None) -> Settings:
     """Load the settings for a command."""
     return load_settings(config)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log every retry and request outcome.")] = False) -> None:
+    """Bring Postalytics direct-mail events into HighLevel contacts."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    install_log_redaction()
+    handler = RichHandler(console=err_console, show_path=False, markup=False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(message)s", handlers=[handler], force=True)
+    if not verbose:  # httpx logs every request at INFO
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @db_app.command("upgrade")
@@ -254,6 +271,8 @@ def demo_cmd(
     console.print(f"HighLevel saw {hl.get('requests', 0)} requests, "
                   f"{hl.get('rate_limited', 0)} over its rate limit, faults injected: "
                   f"{hl.get('faults', {})}.")
+    for kind, count, action in result.problems:
+        console.print(f"  {count} problem write(s), {kind}: {action}")
     for path in result.report_files:
         console.print(f"Report: {path}")
     if result.end.exact:

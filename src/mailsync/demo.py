@@ -103,6 +103,8 @@ class DemoResult:
     end: EndState
     report_files: list[Path]
     stats: dict[str, Any]
+    problems: list[tuple[str, int, str]]
+    """(problem kind, rows, action for support) from the reconciliation report."""
 
 
 def run_demo(out_dir: Path, *, rounds: int = 6, hours_per_round: float = 24.0,
@@ -142,12 +144,12 @@ def run_demo(out_dir: Path, *, rounds: int = 6, hours_per_round: float = 24.0,
                 on_round(i, summary)
         end = end_state(sb, settings)
         stats = sb.stats()
-    files = write_reports(ctx, out_dir)
-    return DemoResult(summaries, end, files, stats)
-
-
-def write_reports(ctx: SyncContext, out_dir: Path) -> list[Path]:
-    """The reconciliation report files (CSV, JSON, HTML) for everything in the store."""
     from mailsync import report
 
-    return report.write_files(ctx.engine, out_dir)
+    rep = report.build_report(ctx.engine)
+    files = report.write_report_files(rep, out_dir)
+    problems = []
+    if len(rep.problems):
+        for kind, group in rep.problems.groupby("problem", sort=False):
+            problems.append((str(kind), len(group), str(group["action"].iloc[0])))
+    return DemoResult(summaries, end, files, stats, problems)

@@ -12,6 +12,7 @@ from mailsync.config import ConfigError, SecretRef, SecretResolver, Settings, en
 from mailsync.highlevel import HighLevelClient
 from mailsync.postalytics import PostalyticsClient
 from mailsync.ratelimit import postalytics_limiter
+from mailsync.redact import install_log_redaction
 from mailsync.store.engine import get_engine
 from mailsync.store.tokens import DatabaseTokenStore
 
@@ -26,6 +27,10 @@ class SyncContext:
     highlevel_transport: httpx.AsyncBaseTransport | None = None
     timeout: float | httpx.Timeout | None = None
     _engine: Engine | None = None
+
+    def __post_init__(self) -> None:
+        # Whoever runs a sync (CLI, flow, test) gets secrets scrubbed from every log record.
+        install_log_redaction()
 
     @property
     def engine(self) -> Engine:
