@@ -30,30 +30,6 @@ from mailsync.sync.runner import run_replay, run_sync
 Key = tuple[str, str, str, str]  # (recipient_key, code, write kind, problem kind)
 
 
-class _Linked:
-    """The sandbox seen by `end_state`, with contacts the test created linked to recipients.
-
-    The sandbox's recipient truth is fixed at seed time; a contact created later for a
-    recipient without one is, for the end state, that recipient's contact.
-    """
-
-    def __init__(self, sb: SandboxServer, created: dict[tuple[str, int], str]) -> None:
-        self.sb, self.created = sb, created
-
-    def truth(self) -> dict[str, Any]:
-        return self.sb.truth()
-
-    def state(self) -> dict[str, Any]:
-        return self.sb.state()
-
-    def recipients(self) -> list[dict[str, Any]]:
-        out = []
-        for r in self.sb.recipients():
-            cid = self.created.get((r["drop_id"], r["data_id"]))
-            out.append({**r, "hl_contact_id": cid} if cid else r)
-        return out
-
-
 def _events_by_recipient(sb: SandboxServer) -> dict[tuple[str, int], list[dict[str, Any]]]:
     out: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for camp in sb.truth()["campaigns"]:
@@ -190,7 +166,7 @@ def test_report_lists_exactly_the_caused_problems_and_replay_clears_them(world: 
     after = build_report(ctx.engine)
     assert after.problems.empty, after.problems[["recipient", "code", "kind", "reason"]]
     assert asyncio.run(verify(ctx)).drift == []
-    end = end_state(_Linked(sb, created), settings)
+    end = end_state(sb, settings)  # the sandbox links contacts created for recipients
     assert end.exact, end.describe()
     victim_tags = {tag_key(t) for t in next(c for c in sb.state()["contacts"]
                                              if c["id"] == victim["hl_contact_id"])["tags"]}

@@ -77,3 +77,17 @@ def test_rerun_never_resends_a_done_write(tmp_path):
         again = r.sync()
         assert r.sb.stats()["writes"] == before
         assert sum(loc.calls for loc in again.locations) == 0
+
+
+def test_create_missing_contacts_upserts_them_without_tags_and_writes_to_them(tmp_path):
+    with rig(tmp_path, campaigns={"40211": {"create_missing_contacts": True}}) as r:
+        before = {x["data_id"] for x in r.sb.recipients("40211") if not x["hl_contact_id"]}
+        assert before, "the scenario has recipients without a contact"
+        r.sb.advance(96)
+        r.sync()
+        after = {x["data_id"]: x for x in r.sb.recipients("40211")}
+        assert all(after[d]["hl_contact_id"] for d in before)  # created, and found again
+        assert r.sb.stats()["writes"]["contacts_created"] == len(before)
+        assert r.end().exact
+        rejected = ledger(r.ctx, WriteIntent.drop_id == "40211", WriteIntent.status == "rejected")
+        assert rejected == []

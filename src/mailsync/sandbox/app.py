@@ -136,6 +136,19 @@ class Sandbox:
                           for c in camps],
         }
 
+    def recipient_now(self, recipient: Any) -> dict[str, Any]:
+        """A recipient record with the contact it is *now*: contacts created or deleted
+        after the scenario began (support fixing a problem, an upsert) change the truth."""
+        out = recipient.to_json()
+        cid = out["hl_contact_id"]
+        if cid is not None and cid not in self.store.contacts:
+            out["hl_contact_id"], out["match"] = None, "deleted"
+        if out["hl_contact_id"] is None:
+            found = self.store.find(recipient.location_id, recipient.email, recipient.phone)
+            if found is not None:
+                out["hl_contact_id"], out["match"] = found.id, "created"
+        return out
+
     def hl_state(self, location: str | None = None) -> dict[str, Any]:
         """Every HighLevel contact with its tags and notes."""
         return {"contacts": [c.to_state() for c in self.store.contacts.values()
@@ -208,7 +221,7 @@ def _admin_routes(sb: Sandbox) -> list[Route]:
 
     async def recipients(request: Request) -> Response:
         drop = request.query_params.get("drop_id")
-        return JSONResponse({"recipients": [r.to_json() for r in sb.scenario.recipients
+        return JSONResponse({"recipients": [sb.recipient_now(r) for r in sb.scenario.recipients
                                             if drop in (None, str(r.drop_id))]})
 
     async def stats(request: Request) -> Response:
