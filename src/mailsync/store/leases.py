@@ -46,7 +46,36 @@ def acquire_lease(engine: Engine, location_id: str, holder: str,
         got = insert_ignore(s, [LocationLease(location_id=location_id, holder=holder,
                                               expires_at=now + ttl, acquired_at=now)])
         s.commit()
-        return bool(got)
+        if got:
+            return True
+        # A holder on this machine whose process is gone (killed, crashed) cannot renew:
+        # take its lease now rather than leave the location idle until it expires.
+        lease = s.get(LocationLease, location_id)
+        if lease is None or not _dead_here(lease.holder):
+            return False
+        result = s.execute(
+            update(LocationLease)
+            .where(LocationLease.location_id == location_id)  # type: ignore[arg-type]
+            .where(LocationLease.holder == lease.holder)  # type: ignore[arg-type]
+            .values(holder=holder, expires_at=now + ttl, acquired_at=now)
+        )
+        s.commit()
+        return result.rowcount == 1
+
+
+def _dead_here(holder: str) -> bool:
+    """Whether a holder names a process on this machine that no longer runs."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
 
 
 def release_lease(engine: Engine, location_id: str, holder: str) -> None:
