@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from starlette.routing import Match, Route
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -263,3 +265,12 @@ async def run_with_fault(fault: Fault, spec: FaultSpec, time_scale: float, scope
         await app(scope, receive, late)
     else:  # pragma: no cover - FAULT_KINDS is closed
         raise ValueError(fault.kind)
+
+
+def route_of(router: Any, scope: Scope) -> str:
+    """`METHOD /template` of the route a request will hit, for per-route stats."""
+    for route in router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL and isinstance(route, Route):
+            return f"{scope['method']} {route.path}"
+    return f"{scope['method']} (unknown)"

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route, Router
+from starlette.routing import Route, Router
 
 from mailsync.sandbox import openapi
 from mailsync.sandbox.faults import (
@@ -31,6 +31,7 @@ from mailsync.sandbox.faults import (
     Receive,
     Scope,
     Send,
+    route_of,
     run_with_fault,
     send_json,
 )
@@ -364,19 +365,12 @@ class HighLevelAPI:
 
     # -- gate --
 
-    def _route_of(self, scope: Scope) -> str:
-        for route in self.router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL and isinstance(route, Route):
-                return f"{scope['method']} {route.path}"
-        return f"{scope['method']} (unknown)"
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request through auth, limits and faults, then the router."""
         if scope["type"] != "http":
             await self.router(scope, receive, send)
             return
-        route = self._route_of(scope)
+        route = route_of(self.router, scope)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         token = headers.get("authorization", "")
         token = token[7:].strip() if token.lower().startswith("bearer ") else None
@@ -464,6 +458,15 @@ class HighLevelAPI:
             return None, JSONResponse(error_body(403, FORBIDDEN_LOCATION), status_code=403)
         return contact, None
 
+    async def _gated(self, request: Request, template: str
+                     ) -> tuple[Any, Contact | None, Response | None]:
+        """A validated request on an existing contact of the token's location."""
+        body, err = await self._validated(request, template)
+        if err:
+            return None, None, err
+        contact, err = self._contact(request)
+        return body, contact, err
+
     def _location_matches(self, request: Request, location_id: str) -> Response | None:
         if location_id != request.scope["state"]["hl_location"]:
             return JSONResponse(error_body(403, FORBIDDEN_LOCATION), status_code=403)
@@ -515,10 +518,7 @@ class HighLevelAPI:
 
     async def get_contact(self, request: Request) -> Response:
         """GET /contacts/{contactId}."""
-        _, err = await self._validated(request, "/contacts/{contactId}")
-        if err:
-            return err
-        contact, err = self._contact(request)
+        _, contact, err = await self._gated(request, "/contacts/{contactId}")
         if err:
             return err
         assert contact is not None
@@ -526,10 +526,7 @@ class HighLevelAPI:
 
     async def add_tags(self, request: Request) -> Response:
         """POST /contacts/{contactId}/tags → 201 with every tag now on the contact."""
-        body, err = await self._validated(request, "/contacts/{contactId}/tags")
-        if err:
-            return err
-        contact, err = self._contact(request)
+        body, contact, err = await self._gated(request, "/contacts/{contactId}/tags")
         if err:
             return err
         assert contact is not None
@@ -539,10 +536,7 @@ class HighLevelAPI:
 
     async def remove_tags(self, request: Request) -> Response:
         """DELETE /contacts/{contactId}/tags with a JSON body → 200 with the remaining tags."""
-        body, err = await self._validated(request, "/contacts/{contactId}/tags")
-        if err:
-            return err
-        contact, err = self._contact(request)
+        body, contact, err = await self._gated(request, "/contacts/{contactId}/tags")
         if err:
             return err
         assert contact is not None
@@ -555,10 +549,7 @@ class HighLevelAPI:
 
     async def list_notes(self, request: Request) -> Response:
         """GET /contacts/{contactId}/notes: every note, newest first, no paging."""
-        _, err = await self._validated(request, "/contacts/{contactId}/notes")
-        if err:
-            return err
-        contact, err = self._contact(request)
+        _, contact, err = await self._gated(request, "/contacts/{contactId}/notes")
         if err:
             return err
         assert contact is not None
@@ -566,10 +557,7 @@ class HighLevelAPI:
 
     async def create_note(self, request: Request) -> Response:
         """POST /contacts/{contactId}/notes → 201 {note}; or a configured 422."""
-        body, err = await self._validated(request, "/contacts/{contactId}/notes")
-        if err:
-            return err
-        contact, err = self._contact(request)
+        body, contact, err = await self._gated(request, "/contacts/{contactId}/notes")
         if err:
             return err
         assert contact is not None
@@ -587,10 +575,7 @@ class HighLevelAPI:
 
     async def get_note(self, request: Request) -> Response:
         """GET /contacts/{contactId}/notes/{id}."""
-        _, err = await self._validated(request, "/contacts/{contactId}/notes/{id}")
-        if err:
-            return err
-        contact, err = self._contact(request)
+        _, contact, err = await self._gated(request, "/contacts/{contactId}/notes/{id}")
         if err:
             return err
         assert contact is not None
@@ -601,10 +586,7 @@ class HighLevelAPI:
 
     async def delete_note(self, request: Request) -> Response:
         """DELETE /contacts/{contactId}/notes/{id}."""
-        _, err = await self._validated(request, "/contacts/{contactId}/notes/{id}")
-        if err:
-            return err
-        contact, err = self._contact(request)
+        _, contact, err = await self._gated(request, "/contacts/{contactId}/notes/{id}")
         if err:
             return err
         assert contact is not None

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route, Router
+from starlette.routing import Route, Router
 
 from mailsync.sandbox.faults import (
     FaultPlan,
@@ -24,6 +24,7 @@ from mailsync.sandbox.faults import (
     Receive,
     Scope,
     Send,
+    route_of,
     run_with_fault,
     send_json,
 )
@@ -67,19 +68,12 @@ class PostalyticsAPI:
             Route("/campaigns/{id}/events/{dataid}", self.contact_events, methods=["GET"]),
         ])
 
-    def _route_of(self, scope: Scope) -> str:
-        for route in self.router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL and isinstance(route, Route):
-                return f"{scope['method']} {route.path}"
-        return f"{scope['method']} (unknown)"
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request through auth, the per-key window and faults, then the router."""
         if scope["type"] != "http":
             await self.router(scope, receive, send)
             return
-        route = self._route_of(scope)
+        route = route_of(self.router, scope)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         key = basic_user(headers.get("authorization"))
         if key != self.scenario.api_key:
