@@ -128,11 +128,13 @@ def test_bad_events_are_quarantined_once_and_dry_run_writes_nothing(sqlite_url):
     feed.add(3)
     feed.events.append({"EventId": "bad", "Event": "Teleported", "DataId": 1,
                         "EventDate": T0.isoformat()})
+    feed.events.append(["not", "an", "event"])
     dry = run(engine, feed, dry_run=True)
-    assert dry.new_events == 3 and dry.quarantined == 1 and dry.planned > 0
+    assert dry.new_events == 3 and dry.quarantined == 2 and dry.planned > 0
     assert count(engine, MailEvent) == count(engine, WriteIntent) == 0
     run(engine, feed)
     run(engine, feed)
-    assert count(engine, QuarantinedEvent) == 1
+    assert count(engine, QuarantinedEvent) == 2
     with Session(engine) as s:
-        assert "Teleported" in s.exec(select(QuarantinedEvent)).one().reason
+        reasons = sorted(q.reason for q in s.exec(select(QuarantinedEvent)).all())
+    assert reasons == ["event is a list, not an object", "unknown event label 'Teleported'"]

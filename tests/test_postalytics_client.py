@@ -213,3 +213,8 @@ def test_plain_http_is_refused_except_loopback() -> None:
 def test_repr_hides_key() -> None:
     client, _ = make(lambda r: httpx.Response(200, json=[]))
     assert KEY not in repr(client) and "acme" in repr(client)
+
+
+def test_events_that_are_not_objects_are_passed_on_for_quarantine() -> None:
+    client, _ = make(lambda r: httpx.Response(200, json=[EVENT, "junk", 7, None]))
+    assert run(client.events_page(42, 1)) == [EVENT, "junk", 7, None]

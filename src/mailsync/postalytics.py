@@ -43,7 +43,7 @@ class PostalyticsAuthError(PostalyticsError, AuthError):
     """Postalytics refused the API key (401). Fatal for the account: fix the key."""
 
 
-def unwrap_list(body: Any, what: str = "items") -> list[dict[str, Any]]:
+def unwrap_list(body: Any, what: str = "items") -> list[Any]:
     """The list in a body that is a bare list or an object wrapping one under a known key."""
     if body is None:
         return []
@@ -67,7 +67,9 @@ def unwrap_list(body: Any, what: str = "items") -> list[dict[str, Any]]:
                 )
     if not isinstance(body, list):
         raise PostalyticsError(f"Postalytics answered with {what} that are not a list")
-    return [item for item in body if isinstance(item, dict)]
+    # Items are returned as they came, objects or not: a malformed event must reach the
+    # normaliser and be quarantined with its reason, never vanish here.
+    return list(body)
 
 
 class PostalyticsClient(ApiClient):
@@ -149,7 +151,8 @@ class PostalyticsClient(ApiClient):
 
     async def list_campaigns(self) -> list[dict[str, Any]]:
         """All campaigns of the account (each has at least `drop_id`, `name`)."""
-        return unwrap_list(await self._get("/campaigns"), "campaigns")
+        return [c for c in unwrap_list(await self._get("/campaigns"), "campaigns")
+                if isinstance(c, dict)]
 
     async def campaign_details(self, drop_id: str | int) -> dict[str, Any]:
         """One campaign's details (`DirectMailDropId`, `DirectMailName`, `Status`, ...)."""
@@ -164,8 +167,8 @@ class PostalyticsClient(ApiClient):
 
     async def events_page(
         self, drop_id: str | int, page_number: int, page_size: int = MAX_PAGE_SIZE
-    ) -> list[dict[str, Any]]:
-        """One page (1-based) of a campaign's events, as raw dicts; `[]` past the end."""
+    ) -> list[Any]:
+        """One page (1-based) of a campaign's raw events (normally dicts); `[]` past the end."""
         if page_number < 1:
             raise ValueError("page_number starts at 1")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -178,8 +181,8 @@ class PostalyticsClient(ApiClient):
 
     async def recipient_events(
         self, drop_id: str | int, contact_id: str | int
-    ) -> list[dict[str, Any]]:
-        """One recipient's events in a campaign, as raw dicts."""
+    ) -> list[Any]:
+        """One recipient's raw events in a campaign (normally dicts)."""
         body = await self._get(
             f"/campaigns/{_segment(drop_id)}/events/{_segment(contact_id)}"
         )

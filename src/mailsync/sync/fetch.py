@@ -29,7 +29,7 @@ from mailsync.sync.plan import plan_writes
 log = logging.getLogger("mailsync.fetch")
 
 PAGE_SIZE = 100
-FetchPage = Callable[[int, int], Awaitable[list[dict[str, Any]]]]
+FetchPage = Callable[[int, int], Awaitable[list[Any]]]
 """(page_number, page_size) → raw events of that page, newest first."""
 
 
@@ -55,7 +55,7 @@ class _Page:
     new_events: int
 
 
-def _store_page(session: Session, raws: list[dict[str, Any]], campaign: CampaignConfig,
+def _store_page(session: Session, raws: list[Any], campaign: CampaignConfig,
                 run_id: str | None, cutoff: datetime | None, result: CampaignResult,
                 seen: set[str]) -> _Page:
     """Store one page's new events, quarantine and ledger rows in the session.

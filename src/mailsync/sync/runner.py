@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -95,7 +96,7 @@ async def fetch_and_plan(ctx: SyncContext, campaign: CampaignConfig, run_id: str
                          ) -> CampaignResult:
     """Fetch one campaign's new events and plan their writes into the ledger."""
     async with ctx.postalytics() as pa:
-        async def page(number: int, size: int) -> list[dict]:
+        async def page(number: int, size: int) -> list[Any]:
             return await pa.events_page(campaign.drop_id, number, size)
 
         return await fetch_campaign(ctx.engine, page, campaign, run_id=run_id,
