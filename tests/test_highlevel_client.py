@@ -222,6 +222,12 @@ def test_note_without_answer_is_unknown_and_not_retried(exc: type[Exception]) ->
     assert exc.__name__ in out.reason
 
 
+def test_note_met_by_a_gateway_timeout_is_unknown_and_not_retried() -> None:
+    client, rec = make(sequence(httpx.Response(504), note_ok))
+    out = run(client.create_note("c1", "hello"))
+    assert (out.status, out.http_status, len(rec.requests)) == ("unknown", 504, 1)
+
+
 def test_upsert_without_answer_is_unknown() -> None:
     client, rec = make(sequence(httpx.ReadTimeout))
     out = run(client.upsert_contact({"email": "a@example.com"}))

@@ -28,12 +28,17 @@ REQ = httpx.Request("POST", "https://example.com/x")
     ("status", "verdict"),
     [(200, "ok"), (201, "ok"), (204, "ok"), (400, "rejected"), (401, "unauthorized"),
      (403, "rejected"), (404, "rejected"), (409, "rejected"), (422, "rejected"),
-     (429, "retry"), (500, "retry"), (502, "retry"), (503, "retry"), (504, "retry"),
-     (301, "rejected")],
+     (429, "retry"), (500, "retry"), (502, "retry"), (503, "retry"), (301, "rejected")],
 )
 def test_classify_responses(status: int, verdict: str) -> None:
     for idempotent in (True, False):
         assert classify(httpx.Response(status), idempotent=idempotent) == verdict
+
+
+def test_a_gateway_timeout_on_a_note_is_unknown_not_retried() -> None:
+    # A 504 is the gateway's answer, not HighLevel's: the note may still have been created.
+    assert classify(httpx.Response(504), idempotent=True) == "retry"
+    assert classify(httpx.Response(504), idempotent=False) == "unknown"
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,9 @@ def classify(result: httpx.Response | Exception, *, idempotent: bool) -> Verdict
     A request that may have reached the server (read timeout, connection cut or reset,
     write error) is retried only if it is idempotent; otherwise its fate is `unknown`,
     because HighLevel takes no idempotency key and a blind retry could duplicate a note.
-    Any HTTP answer means the server decided, so a 5xx or 429 is retried either way.
+    An answer from HighLevel itself means it decided, so a 5xx or 429 is retried either way;
+    but a 504 comes from a gateway that gave up waiting on it, which may still finish the
+    write: for a non-idempotent request that is `unknown` too.
     """
     if isinstance(result, httpx.Response):
         code = result.status_code
@@ -87,6 +89,8 @@ def classify(result: httpx.Response | Exception, *, idempotent: bool) -> Verdict
             return "ok"
         if code == 401:
             return "unauthorized"
+        if code == 504 and not idempotent:
+            return "unknown"
         if code == 429 or code >= 500:
             return "retry"
         return "rejected"
@@ -340,6 +344,14 @@ class ApiClient:
                         tries -= 1
                         continue
                     raise self._unauthorized_error(response)
+                if verdict == "unknown":
+                    return Outcome(
+                        status="unknown",
+                        http_status=last_status,
+                        reason=f"{describe_status(response)}: a gateway gave up waiting; the "
+                        "write may or may not have taken effect",
+                        attempts=attempts,
+                    )
                 if verdict == "rejected":
                     return Outcome(
                         status="rejected",
