@@ -11,7 +11,6 @@ from prefect import get_run_logger, task
 
 from mailsync import reconcile as lib
 from mailsync.report import DriftFinding, build_report
-from mailsync.store.leases import acquire_lease, release_lease, worker_identity
 from tasks.artifacts import publish_markdown, publish_table
 from tasks.context import build_context
 from tasks.sync import COMMON, retry_unless_config
@@ -29,23 +28,16 @@ def verify_location(config_path: str | None, location_id: str, since: datetime |
                     fix: bool = False) -> lib.VerifyResult:
     """Read back from HighLevel the contacts one location's done writes touched.
 
-    Reads count against the location's rate limit too, so the location's lease is held for
-    the check: a sync applying the same location elsewhere is never out-paced. A busy
-    location is skipped (and says so) rather than waited for.
+    Reads count against the location's rate limit too, so the library holds the location's
+    lease for the check; a busy location is skipped (and says so) rather than waited for.
     """
     logger = get_run_logger()
     ctx = build_context(config_path)
     drops = [c.drop_id for c in ctx.settings.campaigns if c.location == location_id]
     if not drops:
         return lib.VerifyResult()
-    holder = worker_identity()
-    if not acquire_lease(ctx.engine, location_id, holder):
-        logger.warning("location %s is being applied elsewhere: verify skipped", location_id)
-        return lib.VerifyResult(errors=[f"location {location_id}: busy, not verified"])
-    try:
-        result = asyncio.run(lib.verify(ctx, since=since, drop_ids=drops, fix=fix))
-    finally:
-        release_lease(ctx.engine, location_id, holder)
+    # The library holds the location's lease while it reads (a busy location is an error).
+    result = asyncio.run(lib.verify(ctx, since=since, drop_ids=drops, fix=fix))
     logger.info("location %s: %d contacts read back, %d drifted writes, %d re-opened",
                 location_id, result.contacts_checked, len(result.drift), result.fixed)
     return result

@@ -28,6 +28,7 @@ from mailsync.highlevel import HighLevelAuthError, HighLevelClient
 from mailsync.redact import redact
 from mailsync.report import DriftFinding, utc
 from mailsync.report_rules import DRIFT_REASON
+from mailsync.store.leases import hold_lease, worker_identity
 from mailsync.store.models import MailEvent, WriteIntent, WriteKind, WriteStatus, utcnow
 from mailsync.sync.context import SyncContext
 from mailsync.sync.normalise import normalise
@@ -112,19 +113,28 @@ async def _verify_location(ctx: SyncContext, location_id: str,
                            contacts: dict[str, list[WriteIntent]], result: VerifyResult,
                            concurrency: int) -> None:
     sem = asyncio.Semaphore(concurrency)
-    try:
-        async with ctx.highlevel(location_id) as hl:
-            async def one(contact_id: str, rows: list[WriteIntent]) -> None:
-                async with sem:
-                    found, error = await _check_contact(hl, contact_id, rows)
-                result.contacts_checked += 1
-                result.drift += found
-                if error:
-                    result.errors.append(f"location {location_id}: {redact(error)}")
+    # Reads count against the location's rate limit too: hold its lease, so a sync applying
+    # the same location elsewhere is never out-paced. A busy location is skipped, and says so.
+    async with hold_lease(ctx.engine, location_id, worker_identity()) as lease:
+        if lease is None:
+            result.errors.append(f"location {location_id}: busy (being applied elsewhere), "
+                                 "not verified")
+            return
+        try:
+            async with ctx.highlevel(location_id) as hl:
+                async def one(contact_id: str, rows: list[WriteIntent]) -> None:
+                    async with sem:
+                        if lease.lost:
+                            return
+                        found, error = await _check_contact(hl, contact_id, rows)
+                    result.contacts_checked += 1
+                    result.drift += found
+                    if error:
+                        result.errors.append(f"location {location_id}: {redact(error)}")
 
-            await asyncio.gather(*(one(c, rs) for c, rs in contacts.items()))
-    except HighLevelAuthError as exc:
-        result.errors.append(f"location {location_id}: {redact(exc)}")
+                await asyncio.gather(*(one(c, rs) for c, rs in contacts.items()))
+        except HighLevelAuthError as exc:
+            result.errors.append(f"location {location_id}: {redact(exc)}")
 
 
 async def verify(ctx: SyncContext, *, since: datetime | None = None,

@@ -6,9 +6,15 @@ Each acquire or renew is one conditional UPDATE (or INSERT), atomic on both data
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import case, or_, update
@@ -17,6 +23,8 @@ from sqlmodel import Session, select
 
 from mailsync.store.models import LocationLease, utcnow
 from mailsync.store.ops import insert_ignore
+
+log = logging.getLogger("mailsync.leases")
 
 DEFAULT_TTL = timedelta(seconds=90)
 
@@ -98,3 +106,44 @@ def lease_holder(engine: Engine, location_id: str) -> str | None:
         if lease is None or lease.expires_at < utcnow():
             return None
         return lease.holder
+
+
+@dataclass
+class HeldLease:
+    """A lease being held; `lost` turns true if a renewal finds another holder."""
+
+    location_id: str
+    holder: str
+    lost: bool = False
+
+
+@asynccontextmanager
+async def hold_lease(engine: Engine, location_id: str, holder: str,
+                     ttl: timedelta = DEFAULT_TTL) -> AsyncIterator[HeldLease | None]:
+    """Hold the location's lease for the block, renewing it every third of its life.
+
+    Yields None (and holds nothing) when another live holder has it. Work inside should
+    stop soon after `lost` turns true.
+    """
+    if not acquire_lease(engine, location_id, holder, ttl):
+        yield None
+        return
+    lease = HeldLease(location_id, holder)
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(ttl.total_seconds() / 3)
+            if not acquire_lease(engine, location_id, holder, ttl):
+                lease.lost = True
+                log.warning("location %s: lease lost to another worker", location_id)
+                return
+
+    keeper = asyncio.create_task(renew())
+    try:
+        yield lease
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        if not lease.lost:
+            release_lease(engine, location_id, holder)

@@ -9,7 +9,6 @@ its marker; it is never blindly re-sent. A `done` row is never selected again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -25,7 +24,7 @@ from mailsync import failpoints
 from mailsync.auth import AuthError
 from mailsync.codes import tag_key
 from mailsync.highlevel import HighLevelClient
-from mailsync.store.leases import DEFAULT_TTL, acquire_lease, release_lease
+from mailsync.store.leases import DEFAULT_TTL, HeldLease, hold_lease
 from mailsync.store.models import WriteIntent, WriteKind, WriteStatus, utcnow
 from mailsync.sync.notes import has_marker
 from mailsync.sync.resolve import forget_link, load_recipients, resolve
@@ -129,7 +128,15 @@ class _Applier:
         self.opts, self.progress = opts, progress
         self.result = ApplyResult(location_id)
         self.stop: str | None = None
+        self.lease: HeldLease | None = None
         self.sem = asyncio.Semaphore(opts.concurrency)
+
+    @property
+    def stopping(self) -> str | None:
+        """Why no further write should start now, if anything says so."""
+        if self.lease is not None and self.lease.lost:
+            return "lost the location's lease to another worker"
+        return self.stop
 
     def _done(self, status: str, n: int = 1) -> None:
         self.result.count(status, n)
@@ -187,7 +194,7 @@ class _Applier:
                 self._done(WriteStatus.rejected, len(its_rows))
                 return
             async with self.sem:
-                if self.stop:
+                if self.stopping:
                     return
                 res = await resolve(self.engine, self.hl, self.location_id, who[pair],
                                     reresolve=self.opts.reresolve,
@@ -213,7 +220,7 @@ class _Applier:
 
     async def _contact(self, contact_id: str, rows: list[WriteIntent]) -> None:
         async with self.sem:
-            if self.stop:
+            if self.stopping:
                 return
             notes = [r for r in rows if r.kind == WriteKind.note]
             if any(r.status == WriteStatus.unknown for r in notes):
@@ -221,10 +228,10 @@ class _Applier:
             for kind, call in ((WriteKind.untag, self.hl.remove_tags),
                                (WriteKind.tag, self.hl.add_tags)):
                 batch = [r for r in rows if r.kind == kind]
-                if batch and not self.stop:
+                if batch and not self.stopping:
                     await self._tags(contact_id, batch, call, check=kind == WriteKind.tag)
             for note in sorted(notes, key=lambda r: r.id or 0):
-                if self.stop:
+                if self.stopping:
                     return
                 _mark(self.engine, [note.id], WriteStatus.unknown, reason="sent, no answer yet",
                       attempt=True)  # type: ignore[list-item]
@@ -295,16 +302,24 @@ async def apply_location(engine: Engine, hl: HighLevelClient, location_id: str,
     """Apply every selected ledger row of one location; holds the location's lease if asked."""
     opts = opts or ApplyOptions()
     applier = _Applier(engine, hl, location_id, opts, progress)
-    holder = opts.holder
-    if holder and not acquire_lease(engine, location_id, holder, opts.lease_ttl):
-        applier.result.stopped = LEASE_HELD_ELSEWHERE
+    if not opts.holder:
+        await _apply_rows(applier)
         return applier.result
-    keeper = asyncio.create_task(_keep_lease(engine, location_id, holder, opts.lease_ttl,
-                                             applier)) if holder else None
+    async with hold_lease(engine, location_id, opts.holder, opts.lease_ttl) as lease:
+        if lease is None:
+            applier.result.stopped = LEASE_HELD_ELSEWHERE
+            return applier.result
+        applier.lease = lease
+        await _apply_rows(applier)
+    return applier.result
+
+
+async def _apply_rows(applier: _Applier) -> None:
+    engine, location_id, opts = applier.engine, applier.location_id, applier.opts
     try:
         pairs = open_recipients(engine, location_id, opts)
         for start in range(0, len(pairs), opts.chunk_recipients):
-            if applier.stop:
+            if applier.stopping:
                 break
             await applier.run_chunk(pairs[start:start + opts.chunk_recipients])
         if applier.stop == DAILY_QUOTA_REASON:
@@ -315,14 +330,7 @@ async def apply_location(engine: Engine, hl: HighLevelClient, location_id: str,
         _defer_rest(engine, location_id, opts, f"token refused: {exc}",
                     http_status=getattr(exc, "http_status", None) or 401)
         raise
-    finally:
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            release_lease(engine, location_id, holder)  # type: ignore[arg-type]
-    applier.result.stopped = applier.stop
-    return applier.result
+    applier.result.stopped = applier.stopping
 
 
 def _defer_rest(engine: Engine, location_id: str, opts: ApplyOptions, reason: str,
@@ -333,13 +341,3 @@ def _defer_rest(engine: Engine, location_id: str, opts: ApplyOptions, reason: st
             WriteIntent.status == WriteStatus.pending)).all()
     _mark(engine, [i for i in ids if i is not None], WriteStatus.pending, reason=reason,
           http_status=http_status)
-
-
-async def _keep_lease(engine: Engine, location_id: str, holder: str | None, ttl: timedelta,
-                      applier: _Applier) -> None:
-    while True:
-        await asyncio.sleep(ttl.total_seconds() / 3)
-        if not acquire_lease(engine, location_id, holder or "", ttl):
-            applier.stop = "lost the location's lease to another worker"
-            log.warning("location %s: lease lost; stopping its apply", location_id)
-            return
