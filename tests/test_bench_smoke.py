@@ -1,0 +1,64 @@
+"""The benchmark harness works: every benchmark in --quick mode, results well-formed.
+
+Targets are not asserted here (quick sizes say nothing about them); `python -m bench` does
+the measuring. Each run writes to a temp RESULTS file, never to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = ["ratelimit_efficiency", "calls_per_event", "cpu_memory", "locations_speedup",
+           "prefect_overhead"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_quick_benchmark_reports(name: str, tmp_path: Path) -> None:
+    results, out_json = tmp_path / "RESULTS.md", tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_HOME": str(tmp_path / "prefect")}
+    proc = subprocess.run([sys.executable, "-m", "bench", name, "--quick",
+                           "--results", str(results), "--json", str(out_json)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out_json.read_text())
+    assert report["name"] == name and report["quick"] is True
+    assert report["figures"], "no figures"
+    for fig in report["figures"]:
+        assert math.isfinite(fig["value"]), fig
+        assert fig["ok"] in (True, False, None), fig
+        if fig["target"]:
+            assert fig["ok"] is not None, f"{fig['name']} has a target but no verdict"
+    text = results.read_text()
+    assert f"<!-- BEGIN {name} -->" in text and f"<!-- END {name} -->" in text
+    assert f"python -m bench {name} --quick" in text
+    assert "| figure | measured | target | verdict |" in text
+    assert "cores" in text and "date:" in text
+
+
+def test_results_sections_are_replaced_not_duplicated(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench._common import Report, write_section
+
+    path = tmp_path / "RESULTS.md"
+    for value in (1.0, 2.0):
+        for name in ("cpu_memory", "ratelimit_efficiency"):
+            rep = Report(name, f"title {name}", quick=True)
+            rep.add("x", value, "≥ 1", value >= 1)
+            write_section(rep, path)
+    text = path.read_text()
+    assert text.count("<!-- BEGIN cpu_memory -->") == 1
+    assert text.count("<!-- BEGIN ratelimit_efficiency -->") == 1
+    # Sections keep the benchmarks' order whatever order they were written in.
+    assert text.index("ratelimit_efficiency -->") < text.index("cpu_memory -->")
+    assert "| x | 2.000 | ≥ 1 | PASS |" in text
