@@ -84,8 +84,8 @@ def main(argv: list[str]) -> Report:
     writes = routes[NOTES] + routes[TAGS] + routes[UNTAGS]
     # Issue 8 gives no number for calls/floor: the verdicts check that nothing beyond the
     # floor is written and that lookups are paid once per recipient (email, then phone).
-    rep.add("HighLevel calls / floor (all routes)", calls / max(floor, 1),
-            "≈ 1 (no number given)")
+    rep.add("HighLevel calls / floor (all routes; issue 8 names no target)",
+            calls / max(floor, 1))
     rep.add("write calls (notes + tags) / floor", writes / max(floor, 1), "= 1.00",
             writes == floor)
     rep.add("lookups per recipient looked up", routes[LOOKUP] / max(out["links"], 1),
