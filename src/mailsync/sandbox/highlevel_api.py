@@ -295,7 +295,8 @@ class Auth:
     def refresh(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """The refresh_token grant: rotate the refresh token and issue a new access token.
 
-        A repeat of the just-rotated refresh token within 30 s (scaled) gets the same pair
+        A repeat of the just-rotated refresh token within 30 s (not scaled: it is how long a
+        client may take to retry a lost answer, which no time scale shortens) gets the same pair
         back, as HighLevel does for concurrent refreshes; any other old token is refused.
         """
         if (form.get("client_id"), form.get("client_secret")) != (self.client_id,
@@ -317,7 +318,7 @@ class Auth:
                 la.last_grant = self._grant(la)
                 return 200, la.last_grant
             if (presented == la.previous_refresh and la.last_grant is not None
-                    and now - la.rotated_at < REPEAT_REFRESH_SECONDS * self.time_scale):
+                    and now - la.rotated_at < REPEAT_REFRESH_SECONDS):
                 return 200, la.last_grant
         body = error_body(400, "Invalid grant: refresh token is invalid")
         body["error"] = "invalid_grant"
