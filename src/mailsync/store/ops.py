@@ -9,9 +9,6 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel
 
-# SQLite allows 32766 bound parameters per statement; PostgreSQL 65535. Stay well under both.
-_MAX_PARAMS = 30000
-
 
 def insert_ignore(
     session: Session, objs: Sequence[SQLModel], conflict_cols: Iterable[str] | None = None,
@@ -34,13 +31,10 @@ def insert_ignore(
     if ins is None:
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
     cols = list(conflict_cols) if conflict_cols is not None else None
-    per_row = max(len(rows[0]), 1)
-    chunk = max(1, _MAX_PARAMS // per_row)
-    inserted: list[Any] = []
-    for start in range(0, len(rows), chunk):
-        stmt = ins(table).values(list(rows[start:start + chunk]))
-        stmt = stmt.on_conflict_do_nothing(index_elements=cols)
-        # rowcount is -1 under psycopg's multi-row inserts; RETURNING counts on both databases.
-        out = table.c[returning] if returning else next(iter(table.primary_key.columns))
-        inserted.extend(session.execute(stmt.returning(out)).scalars().all())
-    return inserted
+    out = table.c[returning] if returning else next(iter(table.primary_key.columns))
+    # One single-row statement executed for many parameter sets: SQLAlchemy batches it into
+    # multi-row INSERTs itself ("insertmanyvalues") and compiles it once per process, where a
+    # multi-row `.values(rows)` was compiled afresh for every page. RETURNING names the rows
+    # actually inserted on both databases (psycopg's rowcount is -1 here).
+    stmt = ins(table).on_conflict_do_nothing(index_elements=cols).returning(out)
+    return list(session.execute(stmt, rows).scalars().all())

@@ -9,6 +9,7 @@ its marker; it is never blindly re-sent. A `done` row is never selected again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, tuple_, update
+from sqlalchemy import Update, bindparam, func, tuple_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -74,6 +75,22 @@ class ApplyOptions:
 
 
 Progress = Callable[[str, int], None]
+_WRITES = WriteIntent.__table__  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _mark_statement(columns: frozenset[str], attempt: bool) -> Update:
+    """The UPDATE `_mark` runs, built once per shape: building and hashing a statement per
+    call cost more than running it (this runs twice per note; bench/RESULTS.md, section 3)."""
+    now = bindparam("now", type_=_WRITES.c.updated_at.type)
+    values: dict[str, Any] = {c: bindparam(f"v_{c}", type_=_WRITES.c[c].type) for c in columns}
+    values["updated_at"] = now
+    if attempt:
+        values["attempts"] = _WRITES.c.attempts + 1
+        values["last_attempt_at"] = now
+        values["first_attempt_at"] = func.coalesce(_WRITES.c.first_attempt_at, now)
+    return update(_WRITES).where(_WRITES.c.id.in_(bindparam("ids", expanding=True))).values(
+        values)
 
 
 def _mark(engine: Engine, ids: Iterable[int], status: str, *, http_status: int | None = None,
@@ -82,21 +99,18 @@ def _mark(engine: Engine, ids: Iterable[int], status: str, *, http_status: int |
     ids = list(ids)
     if not ids:
         return
-    now = utcnow()
-    values: dict[str, Any] = {"status": status, "reason": reason, "updated_at": now}
+    values: dict[str, Any] = {"status": status, "reason": reason}
     if http_status is not None:
         values["last_http_status"] = http_status
     if remote_id is not None:
         values["remote_id"] = remote_id
     if contact_id is not None:
         values["contact_id"] = contact_id
-    if attempt:
-        values["attempts"] = WriteIntent.attempts + 1  # type: ignore[operator]
-        values["last_attempt_at"] = now
-        values["first_attempt_at"] = func.coalesce(WriteIntent.first_attempt_at, now)
-    with Session(engine) as s:
-        s.execute(update(WriteIntent).where(col(WriteIntent.id).in_(ids)).values(**values))
-        s.commit()
+    stmt = _mark_statement(frozenset(values), attempt)
+    # A plain connection, not an ORM session: nothing here needs the session's bookkeeping.
+    with engine.begin() as conn:
+        params = {f"v_{k}": v for k, v in values.items()}
+        conn.execute(stmt, {"ids": ids, "now": utcnow(), **params})
 
 
 def open_recipients(engine: Engine, location_id: str, opts: ApplyOptions) -> list[tuple[str, str]]:
