@@ -108,7 +108,7 @@ class HighLevelClient(ApiClient):
 
     # -- hooks ----------------------------------------------------------------------------
 
-    async def _before_attempt(self, write: bool) -> Outcome | None:
+    async def _before_attempt(self, write: bool) -> Outcome | float | None:
         if write and self.pacer.daily_exhausted(self.daily_reserve):
             left = self.pacer.daily_remaining()
             return Outcome(
@@ -116,8 +116,7 @@ class HighLevelClient(ApiClient):
                 reason=f"daily quota: {left} requests left today for location "
                 f"{self.location_id}, {self.daily_reserve} kept in reserve; not sent",
             )
-        await self.pacer.acquire()
-        return None
+        return await self.pacer.acquire()
 
     async def _auth_headers(self) -> dict[str, str]:
         try:
@@ -132,8 +131,8 @@ class HighLevelClient(ApiClient):
             return exc
         return HighLevelAuthError(redact(f"location {self.location_id}: {exc}"))
 
-    def _attempt_done(self) -> None:
-        self.pacer.release()
+    def _attempt_done(self, ticket: float | None) -> None:
+        self.pacer.release(ticket)
 
     def _after_response(self, response: httpx.Response) -> None:
         self.pacer.observe(response.headers)

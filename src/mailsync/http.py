@@ -248,14 +248,15 @@ class ApiClient:
 
     # -- hooks ----------------------------------------------------------------------------
 
-    async def _before_attempt(self, write: bool) -> Outcome | None:
-        """Pace; return an Outcome instead to not send at all (e.g. `deferred`)."""
+    async def _before_attempt(self, write: bool) -> Outcome | float | None:
+        """Pace; returns a ticket for `_attempt_done` (the pacer's send time), or an Outcome
+        instead to not send at all (e.g. `deferred`)."""
         return None
 
     async def _auth_headers(self) -> dict[str, str]:
         return {}
 
-    def _attempt_done(self) -> None:
+    def _attempt_done(self, ticket: float | None) -> None:
         """The attempt let through by `_before_attempt` has ended, however it ended."""
 
     def _after_response(self, response: httpx.Response) -> None:
@@ -296,9 +297,9 @@ class ApiClient:
         problem = ""
         last_status: int | None = None
         while True:
-            early = await self._before_attempt(write)
-            if early is not None:
-                return early.model_copy(update={"attempts": attempts})
+            ticket = await self._before_attempt(write)
+            if isinstance(ticket, Outcome):
+                return ticket.model_copy(update={"attempts": attempts})
             try:
                 headers = await self._auth_headers()
                 attempts += 1
@@ -308,7 +309,7 @@ class ApiClient:
                     method, path, params=params, json=json, data=data, headers=headers
                 )
             except httpx.RequestError as exc:
-                self._attempt_done()
+                self._attempt_done(ticket)
                 verdict = classify(exc, idempotent=idempotent)
                 last_status = None
                 problem = f"network error {type(exc).__name__}: {redact(exc) or 'no detail'}"
@@ -322,10 +323,10 @@ class ApiClient:
                     )
                 delay = self.backoff(tries)
             except BaseException:
-                self._attempt_done()  # cancelled, or a refresh failed: free the place
+                self._attempt_done(ticket)  # cancelled, or a refresh failed: free the place
                 raise
             else:
-                self._attempt_done()
+                self._attempt_done(ticket)
                 self._after_response(response)
                 last_status = response.status_code
                 verdict = classify(response, idempotent=idempotent)

@@ -115,12 +115,11 @@ class PostalyticsClient(ApiClient):
 
     # -- hooks ----------------------------------------------------------------------------
 
-    async def _before_attempt(self, write: bool) -> Outcome | None:
-        await self.limiter.acquire()
-        return None
+    async def _before_attempt(self, write: bool) -> Outcome | float | None:
+        return await self.limiter.acquire()
 
-    def _attempt_done(self) -> None:
-        self.limiter.release()
+    def _attempt_done(self, ticket: float | None) -> None:
+        self.limiter.release(ticket)
 
     async def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": self._authorization.get()}

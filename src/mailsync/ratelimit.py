@@ -14,6 +14,7 @@ happens outside it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import math
@@ -52,12 +53,17 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
 class WindowPacer:
     """At most `max_requests` per `interval` seconds, counted the way the server sees them.
 
-    A request holds its place in the window from the moment it is sent until `interval`
-    after its answer arrives (the server counted it somewhere in between), so the bound holds
-    whatever the latency, and for a sliding or a fixed server window alike. Headers can only
-    make it stricter: when the server reports fewer remaining requests than our own count
-    implies (someone else spends the same budget), the difference is booked as phantom
-    requests that age out normally. `spacing` optionally spreads sends evenly.
+    The server counts a request when it arrives: after we send it, before we get its answer.
+    A request holds its place from its send until `interval` after the latest moment it can
+    have been counted, estimated as its answer time minus the quickest round trip seen so
+    far. With steady latency that is a window after its send; a slow answer holds its place
+    longer by however much slower it was. `slack` widens the window to cover what that
+    estimate cannot see (the server's own time between counting and answering, and jitter);
+    `headroom` leaves a share of the budget unused. The bound holds for a sliding or a fixed
+    server window alike. Headers can only make it stricter: when the server reports fewer
+    remaining requests than our own count implies (someone else spends the same budget), the
+    difference is booked as phantom requests that age out normally. `spacing` optionally
+    spreads sends evenly.
 
     Waiters queue FIFO per event loop, so only the head of the queue polls the clock.
     """
@@ -67,8 +73,8 @@ class WindowPacer:
         max_requests: int = 100,
         interval: float = 10.0,
         *,
-        headroom: float = 0.05,
-        slack: float = 0.05,
+        headroom: float = 0.02,
+        slack: float = 0.01,
         spacing: float = 0.0,
         recheck: float = 1.0,
         clock: Clock = time.monotonic,
@@ -85,7 +91,8 @@ class WindowPacer:
         self._clock = clock
         self._sleep = sleep
         self._in_flight = 0
-        self._done: deque[float] = deque()  # answer times (and phantoms), oldest first
+        self._done: deque[float] = deque()  # latest count times (and phantoms), oldest first
+        self._fastest: float | None = None  # quickest send-to-answer seen, seconds
         self._next_at = 0.0
         self._blocked_until = 0.0
         self._daily_remaining: int | None = None
@@ -142,30 +149,44 @@ class WindowPacer:
 
     # -- public ---------------------------------------------------------------------------
 
-    async def acquire(self) -> None:
-        """Wait for a place in the window and take it; call `release` when answered."""
+    async def acquire(self) -> float:
+        """Wait for a place in the window and take it; returns the send time to hand back to
+        `release` when the answer (or an error) arrives."""
         async with self._queue():
             while True:
                 with self._lock:
                     wait = self._try_take()
-                if wait <= 0:
-                    return
+                    if wait <= 0:
+                        return self._clock()
                 await self._sleep(min(wait, self.recheck))
 
-    def release(self) -> None:
-        """The request taken by `acquire` got its answer (or failed): start its cool-down."""
+    def release(self, sent_at: float | None = None) -> None:
+        """The request sent at `sent_at` got its answer (or failed): start its cool-down.
+
+        Without `sent_at` the cool-down starts at the answer itself, the most cautious guess.
+        """
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
-            self._done.append(self._clock())
+            now = self._clock()
+            counted = now
+            if sent_at is not None and now >= sent_at:
+                rtt = now - sent_at
+                if self._fastest is None or rtt < self._fastest:
+                    self._fastest = rtt
+                counted = now - self._fastest
+            if self._done and counted < self._done[-1]:
+                bisect.insort(self._done, counted)  # behind a phantom booked meanwhile
+            else:
+                self._done.append(counted)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """`acquire` on entry, `release` on exit."""
-        await self.acquire()
+        sent_at = await self.acquire()
         try:
             yield
         finally:
-            self.release()
+            self.release(sent_at)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn from one response's `X-RateLimit-*` headers."""
