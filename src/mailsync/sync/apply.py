@@ -113,6 +113,25 @@ def _mark(engine: Engine, ids: Iterable[int], status: str, *, http_status: int |
         conn.execute(stmt, {"ids": ids, "now": utcnow(), **params})
 
 
+_OUTCOME = update(_WRITES).where(_WRITES.c.id == bindparam("row_id")).values(
+    status=bindparam("v_status", type_=_WRITES.c.status.type),
+    reason=bindparam("v_reason", type_=_WRITES.c.reason.type),
+    updated_at=bindparam("now", type_=_WRITES.c.updated_at.type),
+    last_http_status=func.coalesce(bindparam("v_http", type_=_WRITES.c.last_http_status.type),
+                                   _WRITES.c.last_http_status),
+    remote_id=func.coalesce(bindparam("v_remote", type_=_WRITES.c.remote_id.type),
+                            _WRITES.c.remote_id),
+)
+
+
+def _store_outcomes(engine: Engine, outcomes: list[dict[str, Any]]) -> None:
+    """Store the outcomes `_record` queued, each on its own row, in one transaction."""
+    if outcomes:
+        now = utcnow()
+        with engine.begin() as conn:
+            conn.execute(_OUTCOME, [{**o, "now": now} for o in outcomes])
+
+
 def open_recipients(engine: Engine, location_id: str, opts: ApplyOptions) -> list[tuple[str, str]]:
     """(drop_id, recipient_key) pairs with rows to apply, oldest first."""
     with Session(engine) as s:
@@ -157,15 +176,21 @@ class _Applier:
         if self.progress:
             self.progress(self.location_id, n)
 
-    def _record(self, rows: Sequence[WriteIntent], outcome: Any, *, attempt: bool) -> str:
-        """Store a call's outcome on its rows; returns the rows' new status."""
+    def _record(self, rows: Sequence[WriteIntent], outcome: Any, *, attempt: bool,
+                later: list[dict[str, Any]] | None = None) -> str:
+        """Store a call's outcome on its rows (or, for one row, queue it on `later` for
+        `_store_outcomes`); returns the rows' new status."""
         status = _STATUS_OF[outcome.status]
         reason = DAILY_QUOTA_REASON if outcome.status == "deferred" else (
             None if status == WriteStatus.done else outcome.reason)
-        _mark(self.engine, [r.id for r in rows if r.id is not None], status,
-              http_status=outcome.http_status, reason=reason,
-              remote_id=outcome.remote_id if status == WriteStatus.done else None,
-              attempt=attempt and outcome.status != "deferred")
+        remote_id = outcome.remote_id if status == WriteStatus.done else None
+        ids = [r.id for r in rows if r.id is not None]
+        if later is not None and len(ids) == 1 and not attempt:
+            later.append({"row_id": ids[0], "v_status": status, "v_reason": reason,
+                          "v_http": outcome.http_status, "v_remote": remote_id})
+        else:
+            _mark(self.engine, ids, status, http_status=outcome.http_status, reason=reason,
+                  remote_id=remote_id, attempt=attempt and outcome.status != "deferred")
         if outcome.status == "deferred":
             self.stop = DAILY_QUOTA_REASON
         elif outcome.status == "rejected" and outcome.http_status == 404:
@@ -244,15 +269,22 @@ class _Applier:
                 batch = [r for r in rows if r.kind == kind]
                 if batch and not self.stopping:
                     await self._tags(contact_id, batch, call, check=kind == WriteKind.tag)
-            for note in sorted(notes, key=lambda r: r.id or 0):
-                if self.stopping:
-                    return
-                _mark(self.engine, [note.id], WriteStatus.unknown, reason="sent, no answer yet",
-                      attempt=True)  # type: ignore[list-item]
-                failpoints.hit("before-note-post")
-                outcome = await self.hl.create_note(contact_id, note.body or "")
-                failpoints.hit("after-note-post")
-                self._record([note], outcome, attempt=False)
+            # Each note is marked `unknown` (committed) before its POST; the outcomes are
+            # stored together once the contact is done, in one statement. A crash in between
+            # leaves answered notes `unknown`, which the next run settles by their markers.
+            outcomes: list[dict[str, Any]] = []
+            try:
+                for note in sorted(notes, key=lambda r: r.id or 0):
+                    if self.stopping:
+                        return
+                    _mark(self.engine, [note.id], WriteStatus.unknown,  # type: ignore[list-item]
+                          reason="sent, no answer yet", attempt=True)
+                    failpoints.hit("before-note-post")
+                    outcome = await self.hl.create_note(contact_id, note.body or "")
+                    failpoints.hit("after-note-post")
+                    self._record([note], outcome, attempt=False, later=outcomes)
+            finally:
+                _store_outcomes(self.engine, outcomes)
                 failpoints.hit("note-recorded")
 
     async def _settle(self, contact_id: str, notes: list[WriteIntent]) -> list[WriteIntent]:

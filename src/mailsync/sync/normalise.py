@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mailsync.codes import EventCode, UnknownEventLabel, parse_code
-from mailsync.store.models import MailEvent, QuarantinedEvent
+from mailsync.store.models import MailEvent, QuarantinedEvent, detached
 
 # Folded key (lower case, no underscores or dashes) → our field. First match wins.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
@@ -150,7 +150,8 @@ def normalise(raw: object, drop_id: str, contact_id_field: str | None = None,
     except Exception as exc:  # never a crash on bad input: keep it with the reason
         reason = f"unreadable event ({exc.__class__.__name__})"
     payload = payload_text(raw)
-    return Normalised(quarantine=QuarantinedEvent(
+    return Normalised(quarantine=detached(
+        QuarantinedEvent,
         fingerprint="q:" + short_hash(drop_id, payload, length=40), drop_id=drop_id,
         payload=payload, reason=reason, run_id=run_id))
 
@@ -195,8 +196,9 @@ def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
     event_id = _text("event_id", _pick(top, "event_id"))
     key = (f"e:{drop_id}:{event_id}" if event_id
            else "h:" + short_hash(drop_id, rkey, code.value, event_at.isoformat(), url))
-    return MailEvent(
-        key=key[:80], drop_id=drop_id, recipient_key=rkey, code=code.value, event_at=event_at,
+    return detached(
+        MailEvent, key=key[:80], drop_id=drop_id, recipient_key=rkey, code=code.value,
+        event_at=event_at,
         expected_delivery=_text("expected_delivery", _pick(top, "expected_delivery")),
         url=url, first_name=first, last_name=last, email=email, phone=phone,
         carried_contact_id=carried, run_id=run_id,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from mailsync.codes import EventCode, tag_for
 from mailsync.config import CampaignConfig
-from mailsync.store.models import MailEvent, WriteIntent, WriteKind
+from mailsync.store.models import MailEvent, WriteIntent, WriteKind, detached
 from mailsync.sync.notes import marker_for, note_body
 
 
@@ -32,16 +32,18 @@ def plan_writes(events: Iterable[MailEvent], campaign: CampaignConfig,
                   "code": code.value, "contact_id": None, "run_id": run_id}
         tag = tag_for(code)
         if code in retrigger:
-            rows.append(WriteIntent(intent_key=f"untag|{event.key}", kind=WriteKind.untag,
-                                    tag=tag, **common))
-            rows.append(WriteIntent(
+            rows.append(detached(WriteIntent, intent_key=f"untag|{event.key}",
+                                 kind=WriteKind.untag, tag=tag, **common))
+            rows.append(detached(
+                WriteIntent,
                 intent_key=f"tag|{event.drop_id}|{event.recipient_key}|{code.value}|{event.key}",
                 kind=WriteKind.tag, tag=tag, **common))
         else:
-            rows.append(WriteIntent(
+            rows.append(detached(
+                WriteIntent,
                 intent_key=f"tag|{event.drop_id}|{event.recipient_key}|{code.value}",
                 kind=WriteKind.tag, tag=tag, **common))
-        rows.append(WriteIntent(intent_key=f"note|{event.key}", kind=WriteKind.note,
+        rows.append(detached(WriteIntent, intent_key=f"note|{event.key}", kind=WriteKind.note,
                                 body=note_body(event, campaign.name),
                                 marker=marker_for(event.key), **common))
     return rows
