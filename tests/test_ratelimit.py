@@ -304,6 +304,20 @@ def test_daily_estimate_counts_sends_and_accepts_rollover() -> None:
     assert pacer.daily_remaining() == 200_000
 
 
+def test_an_exhausted_day_is_asked_again_after_a_while() -> None:
+    now = [0.0]
+    pacer = WindowPacer(clock=lambda: now[0])
+    pacer.observe({"X-RateLimit-Daily-Remaining": "5"})
+    assert pacer.daily_exhausted(10)
+    now[0] = pacer.daily_recheck + 1  # long enough for a new day to have begun
+    assert not pacer.daily_exhausted(10)  # so a request goes out and its answer tells
+    pacer.observe({"X-RateLimit-Daily-Remaining": "4"})
+    assert pacer.daily_exhausted(10)  # still the same day
+    now[0] += pacer.daily_recheck + 1
+    pacer.observe({"X-RateLimit-Daily-Remaining": "200000"})
+    assert not pacer.daily_exhausted(10) and pacer.daily_remaining() == 200_000
+
+
 def test_unreadable_headers_are_ignored() -> None:
     pacer = WindowPacer()
     pacer.observe({"X-RateLimit-Max": "lots", "X-RateLimit-Remaining": ""})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlmodel import Session, col, func, select
 
 from mailsync.store.models import QuarantinedEvent, WriteIntent
+from mailsync.sync.apply import DAILY_QUOTA_REASON
 from tests.sync_helpers import rig
 
 FAULTS = "error=0.1,slow=0.03,reset=0.03,drop=0.05,burst429=0.02,slow_seconds=20"
@@ -91,3 +94,25 @@ def test_create_missing_contacts_upserts_them_without_tags_and_writes_to_them(tm
         assert r.end().exact
         rejected = ledger(r.ctx, WriteIntent.drop_id == "40211", WriteIntent.status == "rejected")
         assert rejected == []
+
+
+def test_quota_running_out_mid_contact_leaves_unsent_notes_pending(tmp_path):
+    with rig(tmp_path) as r:
+        r.sb.advance(72)
+        reserve = r.settings.highlevel.daily_reserve
+        for loc in r.sb.manifest()["locations"]:
+            r.sb.set_daily_remaining(loc["id"], reserve + 25)  # runs out part-way
+        r.sync()
+        notes = ledger(r.ctx, WriteIntent.kind == "note")
+        by_status = Counter(n.status for n in notes)
+        # Notes marked `unknown` before their contact's POSTs but never sent got their
+        # status back: nothing looks "maybe sent" to support, and each waits for the quota.
+        assert by_status["unknown"] == 0
+        assert by_status["done"] == r.sb.stats()["writes"]["notes_created"] > 0
+        waiting = [n for n in notes if n.status == "pending"]
+        assert waiting and all(n.reason == DAILY_QUOTA_REASON for n in waiting)
+        for loc in r.sb.manifest()["locations"]:
+            r.sb.set_daily_remaining(loc["id"], 200_000)  # the next day
+        done = r.cli("sync")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert r.end().exact

@@ -96,6 +96,8 @@ class WindowPacer:
         self._next_at = 0.0
         self._blocked_until = 0.0
         self._daily_remaining: int | None = None
+        self._daily_heard = 0.0  # when the server last told us the day's remaining requests
+        self.daily_recheck = 600.0  # seconds after which an exhausted estimate is re-asked
         self._lock = threading.Lock()
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
@@ -220,6 +222,7 @@ class WindowPacer:
                     or daily_remaining - known > 2 * self.max_requests
                 ):
                     self._daily_remaining = daily_remaining
+                self._daily_heard = self._clock()
             if remaining is not None:
                 now = self._clock()
                 ours_left = self._budget() - self._used(now)
@@ -241,9 +244,17 @@ class WindowPacer:
             return self._daily_remaining
 
     def daily_exhausted(self, reserve: int) -> bool:
-        """Whether the day's quota is down to `reserve` requests (writes should stop)."""
-        left = self.daily_remaining()
-        return left is not None and left <= reserve
+        """Whether the day's quota is down to `reserve` requests (writes should stop).
+
+        An estimate the server has not confirmed for `daily_recheck` seconds lets requests
+        through again: their answers say whether a new day has begun, which a worker that
+        outlives the day (a served deployment) would otherwise never hear, having stopped
+        sending.
+        """
+        with self._lock:
+            left = self._daily_remaining
+            stale = self._clock() - self._daily_heard > self.daily_recheck
+        return left is not None and left <= reserve and not stale
 
 
 class FixedRateLimiter(WindowPacer):

@@ -95,10 +95,12 @@ def _mark_statement(columns: frozenset[str], attempt: bool) -> Update:
 
 def _mark(engine: Engine, ids: Iterable[int], status: str, *, http_status: int | None = None,
           reason: str | None = None, remote_id: str | None = None, attempt: bool = False,
-          contact_id: str | None = None) -> None:
+          contact_id: str | None = None) -> datetime:
+    """Set `status` (and the given details) on the rows `ids`; returns the `updated_at` set."""
     ids = list(ids)
+    now = utcnow()
     if not ids:
-        return
+        return now
     values: dict[str, Any] = {"status": status, "reason": reason}
     if http_status is not None:
         values["last_http_status"] = http_status
@@ -110,26 +112,42 @@ def _mark(engine: Engine, ids: Iterable[int], status: str, *, http_status: int |
     # A plain connection, not an ORM session: nothing here needs the session's bookkeeping.
     with engine.begin() as conn:
         params = {f"v_{k}": v for k, v in values.items()}
-        conn.execute(stmt, {"ids": ids, "now": utcnow(), **params})
+        conn.execute(stmt, {"ids": ids, "now": now, **params})
+    return now
 
 
+_NOW = bindparam("now", type_=_WRITES.c.updated_at.type)
 _OUTCOME = update(_WRITES).where(_WRITES.c.id == bindparam("row_id")).values(
     status=bindparam("v_status", type_=_WRITES.c.status.type),
     reason=bindparam("v_reason", type_=_WRITES.c.reason.type),
-    updated_at=bindparam("now", type_=_WRITES.c.updated_at.type),
+    updated_at=_NOW,
     last_http_status=func.coalesce(bindparam("v_http", type_=_WRITES.c.last_http_status.type),
                                    _WRITES.c.last_http_status),
     remote_id=func.coalesce(bindparam("v_remote", type_=_WRITES.c.remote_id.type),
                             _WRITES.c.remote_id),
+    attempts=_WRITES.c.attempts + 1,
+    last_attempt_at=_NOW,
+    first_attempt_at=func.coalesce(_WRITES.c.first_attempt_at, _NOW),
 )
+_UNSENT = update(_WRITES).where(
+    _WRITES.c.id == bindparam("row_id"), _WRITES.c.status == WriteStatus.unknown,
+    # Only if nobody touched the row since we marked it (another worker settling it).
+    _WRITES.c.updated_at == bindparam("marked_at", type_=_WRITES.c.updated_at.type),
+).values(status=bindparam("v_status", type_=_WRITES.c.status.type),
+         reason=bindparam("v_reason", type_=_WRITES.c.reason.type), updated_at=_NOW)
 
 
-def _store_outcomes(engine: Engine, outcomes: list[dict[str, Any]]) -> None:
-    """Store the outcomes `_record` queued, each on its own row, in one transaction."""
-    if outcomes:
-        now = utcnow()
-        with engine.begin() as conn:
+def _store_outcomes(engine: Engine, outcomes: list[dict[str, Any]],
+                    unsent: Sequence[WriteIntent] = (), marked_at: datetime | None = None) -> None:
+    """Store the outcomes `_record` queued, each on its own row, and give the rows marked
+    `unknown` at `marked_at` but never sent their status back; one transaction."""
+    now = utcnow()
+    with engine.begin() as conn:
+        if outcomes:
             conn.execute(_OUTCOME, [{**o, "now": now} for o in outcomes])
+        if unsent and marked_at is not None:
+            conn.execute(_UNSENT, [{"row_id": r.id, "marked_at": marked_at, "now": now,
+                                    "v_status": r.status, "v_reason": r.reason} for r in unsent])
 
 
 def open_recipients(engine: Engine, location_id: str, opts: ApplyOptions) -> list[tuple[str, str]]:
@@ -185,7 +203,7 @@ class _Applier:
             None if status == WriteStatus.done else outcome.reason)
         remote_id = outcome.remote_id if status == WriteStatus.done else None
         ids = [r.id for r in rows if r.id is not None]
-        if later is not None and len(ids) == 1 and not attempt:
+        if later is not None and len(ids) == 1 and outcome.status != "deferred":
             later.append({"row_id": ids[0], "v_status": status, "v_reason": reason,
                           "v_http": outcome.http_status, "v_remote": remote_id})
         else:
@@ -269,23 +287,36 @@ class _Applier:
                 batch = [r for r in rows if r.kind == kind]
                 if batch and not self.stopping:
                     await self._tags(contact_id, batch, call, check=kind == WriteKind.tag)
-            # Each note is marked `unknown` (committed) before its POST; the outcomes are
-            # stored together once the contact is done, in one statement. A crash in between
-            # leaves answered notes `unknown`, which the next run settles by their markers.
-            outcomes: list[dict[str, Any]] = []
-            try:
-                for note in sorted(notes, key=lambda r: r.id or 0):
-                    if self.stopping:
-                        return
-                    _mark(self.engine, [note.id], WriteStatus.unknown,  # type: ignore[list-item]
-                          reason="sent, no answer yet", attempt=True)
-                    failpoints.hit("before-note-post")
-                    outcome = await self.hl.create_note(contact_id, note.body or "")
-                    failpoints.hit("after-note-post")
-                    self._record([note], outcome, attempt=False, later=outcomes)
-            finally:
-                _store_outcomes(self.engine, outcomes)
-                failpoints.hit("note-recorded")
+            await self._notes(contact_id, sorted(notes, key=lambda r: r.id or 0))
+
+    async def _notes(self, contact_id: str, notes: list[WriteIntent]) -> None:
+        """POST a contact's notes one by one, all marked `unknown` (committed) first.
+
+        A crash from then on leaves `unknown` rows, which the next run settles by their
+        markers, so a note is never sent twice. The outcomes are stored together once the
+        contact is done; notes never sent (a stop, an error) get their status back, unless
+        the lease was lost and another worker may already be settling them.
+        """
+        if not notes or self.stopping:
+            return
+        marked_at = _mark(self.engine, [n.id for n in notes if n.id is not None],
+                          WriteStatus.unknown, reason="sent, no answer yet")
+        outcomes: list[dict[str, Any]] = []
+        sent: set[int | None] = set()
+        try:
+            for note in notes:
+                if self.stopping:
+                    break
+                failpoints.hit("before-note-post")
+                sent.add(note.id)
+                outcome = await self.hl.create_note(contact_id, note.body or "")
+                failpoints.hit("after-note-post")
+                self._record([note], outcome, attempt=True, later=outcomes)
+        finally:
+            lost = self.lease is not None and self.lease.lost
+            _store_outcomes(self.engine, outcomes, [] if lost else
+                            [n for n in notes if n.id not in sent], marked_at)
+            failpoints.hit("note-recorded")
 
     async def _settle(self, contact_id: str, notes: list[WriteIntent]) -> list[WriteIntent]:
         """Find unknown notes on the contact by marker; returns the notes still to send."""
