@@ -32,6 +32,11 @@ def detached(model: type[Row], **fields: Any) -> Row:
     # Reading its attributes goes through the mapper, which must be set up first (a session
     # does that on first use; a pure function like `plan_writes` may run before any).
     configure_mappers()
+    # Defaults from factories filled here: pydantic would inspect each factory's signature
+    # on every call.
+    for name, info in model.model_fields.items():
+        if name not in fields and info.default_factory is not None:
+            fields[name] = info.default_factory()  # type: ignore[call-arg]
     return model.model_construct(**fields)
 
 

@@ -137,17 +137,29 @@ _UNSENT = update(_WRITES).where(
          reason=bindparam("v_reason", type_=_WRITES.c.reason.type), updated_at=_NOW)
 
 
-def _store_outcomes(engine: Engine, outcomes: list[dict[str, Any]],
-                    unsent: Sequence[WriteIntent] = (), marked_at: datetime | None = None) -> None:
-    """Store the outcomes `_record` queued, each on its own row, and give the rows marked
-    `unknown` at `marked_at` but never sent their status back; one transaction."""
+def _store(engine: Engine, *, outcomes: Sequence[dict[str, Any]] = (),
+           unknown: Sequence[int] = (), unsent: Sequence[WriteIntent] = (),
+           marked_at: datetime | None = None) -> datetime:
+    """In one transaction: store the outcomes `_record` queued, mark the rows `unknown` as
+    about to be sent, and give rows marked so at `marked_at` but never sent their status
+    back. Returns the time written."""
     now = utcnow()
     with engine.begin() as conn:
         if outcomes:
             conn.execute(_OUTCOME, [{**o, "now": now} for o in outcomes])
+        if unknown:
+            conn.execute(_mark_statement(frozenset({"status", "reason"}), False), {
+                "ids": list(unknown), "now": now, "v_status": WriteStatus.unknown,
+                "v_reason": "sent, no answer yet"})
         if unsent and marked_at is not None:
             conn.execute(_UNSENT, [{"row_id": r.id, "marked_at": marked_at, "now": now,
                                     "v_status": r.status, "v_reason": r.reason} for r in unsent])
+    return now
+
+
+_LINKED = update(_WRITES).where(_WRITES.c.id == bindparam("row_id")).values(
+    contact_id=bindparam("v_contact", type_=_WRITES.c.contact_id.type),
+    status=WriteStatus.pending, reason=None, updated_at=_NOW)
 
 
 def open_recipients(engine: Engine, location_id: str, opts: ApplyOptions) -> list[tuple[str, str]]:
@@ -196,16 +208,16 @@ class _Applier:
 
     def _record(self, rows: Sequence[WriteIntent], outcome: Any, *, attempt: bool,
                 later: list[dict[str, Any]] | None = None) -> str:
-        """Store a call's outcome on its rows (or, for one row, queue it on `later` for
-        `_store_outcomes`); returns the rows' new status."""
+        """Store a call's outcome on its rows (or queue it on `later`, for `_store`); returns
+        the rows' new status."""
         status = _STATUS_OF[outcome.status]
         reason = DAILY_QUOTA_REASON if outcome.status == "deferred" else (
             None if status == WriteStatus.done else outcome.reason)
         remote_id = outcome.remote_id if status == WriteStatus.done else None
         ids = [r.id for r in rows if r.id is not None]
-        if later is not None and len(ids) == 1 and outcome.status != "deferred":
-            later.append({"row_id": ids[0], "v_status": status, "v_reason": reason,
-                          "v_http": outcome.http_status, "v_remote": remote_id})
+        if later is not None and outcome.status != "deferred":
+            later += [{"row_id": i, "v_status": status, "v_reason": reason,
+                       "v_http": outcome.http_status, "v_remote": remote_id} for i in ids]
         else:
             _mark(self.engine, ids, status, http_status=outcome.http_status, reason=reason,
                   remote_id=remote_id, attempt=attempt and outcome.status != "deferred")
@@ -243,6 +255,7 @@ class _Applier:
         for r in rows:
             pairs[(r.drop_id, r.recipient_key)].append(r)
         who = load_recipients(self.engine, set(pairs))
+        linked: list[dict[str, Any]] = []
 
         async def one(pair: tuple[str, str], its_rows: list[WriteIntent]) -> None:
             if pair not in who:
@@ -259,7 +272,7 @@ class _Applier:
             failpoints.hit("resolved")
             ids = [r.id for r in its_rows if r.id is not None]
             if res.contact_id:
-                _mark(self.engine, ids, WriteStatus.pending, contact_id=res.contact_id)
+                linked.extend({"row_id": i, "v_contact": res.contact_id} for i in ids)
                 for r in its_rows:
                     r.contact_id = res.contact_id
                     if r.status == WriteStatus.rejected:
@@ -273,7 +286,14 @@ class _Applier:
                       http_status=res.http_status)
                 self._done(WriteStatus.pending, len(ids))
 
-        await _all_or_first_error(one(p, rs) for p, rs in pairs.items())
+        try:
+            await _all_or_first_error(one(p, rs) for p, rs in pairs.items())
+        finally:
+            # The links found, stored together (a crash loses only cached work: the links
+            # themselves are in `contact_links`).
+            if linked:
+                with self.engine.begin() as conn:
+                    conn.execute(_LINKED, [{**x, "now": utcnow()} for x in linked])
 
     async def _contact(self, contact_id: str, rows: list[WriteIntent]) -> None:
         async with self.sem:
@@ -282,25 +302,34 @@ class _Applier:
             notes = [r for r in rows if r.kind == WriteKind.note]
             if any(r.status == WriteStatus.unknown for r in notes):
                 notes = await self._settle(contact_id, notes)
-            for kind, call in ((WriteKind.untag, self.hl.remove_tags),
-                               (WriteKind.tag, self.hl.add_tags)):
-                batch = [r for r in rows if r.kind == kind]
-                if batch and not self.stopping:
-                    await self._tags(contact_id, batch, call, check=kind == WriteKind.tag)
-            await self._notes(contact_id, sorted(notes, key=lambda r: r.id or 0))
+            tagged: list[dict[str, Any]] = []
+            try:
+                for kind, call in ((WriteKind.untag, self.hl.remove_tags),
+                                   (WriteKind.tag, self.hl.add_tags)):
+                    batch = [r for r in rows if r.kind == kind]
+                    if batch and not self.stopping:
+                        await self._tags(contact_id, batch, call, check=kind == WriteKind.tag,
+                                         later=tagged)
+            except BaseException:
+                _store(self.engine, outcomes=tagged)
+                raise
+            await self._notes(contact_id, sorted(notes, key=lambda r: r.id or 0), tagged)
 
-    async def _notes(self, contact_id: str, notes: list[WriteIntent]) -> None:
-        """POST a contact's notes one by one, all marked `unknown` (committed) first.
+    async def _notes(self, contact_id: str, notes: list[WriteIntent],
+                     tagged: list[dict[str, Any]]) -> None:
+        """POST a contact's notes one by one, all marked `unknown` first, in the commit that
+        also stores the contact's tag outcomes (`tagged`).
 
         A crash from then on leaves `unknown` rows, which the next run settles by their
-        markers, so a note is never sent twice. The outcomes are stored together once the
-        contact is done; notes never sent (a stop, an error) get their status back, unless
-        the lease was lost and another worker may already be settling them.
+        markers, so a note is never sent twice. The notes' outcomes are stored together once
+        the contact is done; notes never sent (a stop, an error) get their status back,
+        unless the lease was lost and another worker may already be settling them.
         """
         if not notes or self.stopping:
+            _store(self.engine, outcomes=tagged)
             return
-        marked_at = _mark(self.engine, [n.id for n in notes if n.id is not None],
-                          WriteStatus.unknown, reason="sent, no answer yet")
+        marked_at = _store(self.engine, outcomes=tagged,
+                           unknown=[n.id for n in notes if n.id is not None])
         outcomes: list[dict[str, Any]] = []
         sent: set[int | None] = set()
         try:
@@ -314,8 +343,8 @@ class _Applier:
                 self._record([note], outcome, attempt=True, later=outcomes)
         finally:
             lost = self.lease is not None and self.lease.lost
-            _store_outcomes(self.engine, outcomes, [] if lost else
-                            [n for n in notes if n.id not in sent], marked_at)
+            _store(self.engine, outcomes=outcomes, marked_at=marked_at,
+                   unsent=[] if lost else [n for n in notes if n.id not in sent])
             failpoints.hit("note-recorded")
 
     async def _settle(self, contact_id: str, notes: list[WriteIntent]) -> list[WriteIntent]:
@@ -341,7 +370,7 @@ class _Applier:
         return still
 
     async def _tags(self, contact_id: str, batch: list[WriteIntent], call: Any,
-                    check: bool) -> None:
+                    check: bool, later: list[dict[str, Any]]) -> None:
         wanted: dict[str, str] = {}
         for r in batch:
             wanted.setdefault(tag_key(r.tag or ""), r.tag or "")
@@ -359,7 +388,7 @@ class _Applier:
                 batch = [r for r in batch if r not in missing]
         if outcome.status == "unknown":  # tag writes are idempotent: just send again later
             outcome = outcome.model_copy(update={"status": "failed"})
-        self._record(batch, outcome, attempt=True)
+        self._record(batch, outcome, attempt=True, later=later)
 
 
 async def _all_or_first_error(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
