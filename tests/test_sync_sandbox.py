@@ -96,8 +96,8 @@ def test_create_missing_contacts_upserts_them_without_tags_and_writes_to_them(tm
         assert rejected == []
 
 
-def test_quota_running_out_mid_contact_leaves_unsent_notes_pending(tmp_path):
-    with rig(tmp_path) as r:
+def test_quota_running_out_mid_contact_leaves_unsent_notes_pending(tmp_path, db_url):
+    with rig(tmp_path, db_url) as r:
         r.sb.advance(72)
         reserve = r.settings.highlevel.daily_reserve
         for loc in r.sb.manifest()["locations"]:

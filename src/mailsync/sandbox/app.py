@@ -61,6 +61,7 @@ class SandboxConfig:
     whitelist_bodies: bool = True
     malformed_rate: float = 0.03  # share of events served broken when messy
     start_hours: float = 0.0  # advance the clock this far before serving
+    canada_every: int = 3  # every Nth campaign is Canadian; 0 for none
 
     def fault_spec(self) -> FaultSpec:
         """The configured faults as a FaultSpec."""
@@ -79,7 +80,8 @@ class Sandbox:
         self.scenario = Scenario(config.seed, config.contacts, campaigns=config.campaigns,
                                  locations=config.locations,
                                  oauth_locations=config.oauth_locations, messy=config.messy,
-                                 malformed_rate=config.malformed_rate)
+                                 malformed_rate=config.malformed_rate,
+                                 canada_every=config.canada_every)
         rng = random.Random(f"highlevel:{config.seed}")
         self.store = ContactStore(rng)
         for data in self.scenario.hl_contacts:

@@ -160,7 +160,7 @@ class Scenario:
 
     def __init__(self, seed: int = 1, contacts: int = 60, *, campaigns: int = 3,
                  locations: int = 3, oauth_locations: int = 1, messy: bool = False,
-                 malformed_rate: float = 0.03) -> None:
+                 malformed_rate: float = 0.03, canada_every: int = 3) -> None:
         if contacts < 1:
             raise ValueError("contacts must be at least 1")
         self.seed = seed
@@ -181,7 +181,8 @@ class Scenario:
         n_camp = max(1, campaigns)
         fields_ = ("var_field_1", "var_field_2", "var_field_1", "var_field_3")
         for i in range(n_camp):
-            country = "CA" if i % 3 == 2 else "US"
+            # Every third campaign is Canadian (fewer codes); 0: all US, equal in size.
+            country = "CA" if canada_every and i % canada_every == canada_every - 1 else "US"
             self.campaigns.append(Campaign(
                 number=i, drop_id=40211 + 17 * i,
                 name=f"{'Fall' if i % 2 == 0 else 'Winter'} {country} Postcard {i + 1}",
