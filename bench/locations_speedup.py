@@ -45,7 +45,7 @@ def measure(locations: int, time_scale: float, contacts: int) -> dict[str, Any]:
     """Fetch and plan everything, then time the apply of every location side by side."""
     # Pacers are one per location id per process, and seeded sandboxes reuse ids: start
     # each setup with none, so no state learned at another time scale carries over.
-    ratelimit._highlevel.clear()
+    ratelimit.forget_pacers()
     # All campaigns US (Canadian ones have fewer codes), so ten locations share the work
     # evenly enough to be a test of mailsync's parallelism rather than of the split.
     with SandboxProcess(seed=21, contacts=contacts, campaigns=CAMPAIGNS, locations=locations,

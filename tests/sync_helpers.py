@@ -14,6 +14,7 @@ from typing import Any
 
 from mailsync.config import Settings, load_settings
 from mailsync.demo import end_state, write_sandbox_config
+from mailsync.ratelimit import forget_pacers
 from mailsync.sandbox.server import SandboxServer
 from mailsync.sync.context import SyncContext
 from mailsync.sync.runner import RunSummary, run_sync
@@ -57,6 +58,7 @@ def rig(tmp_path: Path, db_url: str | None = None, *, seed: int = 3, contacts: i
         campaigns: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[Rig]:
     """Start a sandbox and a store, with the secrets in this process's environment."""
     db_url = db_url or f"sqlite:///{tmp_path / 'mailsync.db'}"
+    forget_pacers()  # seeded sandboxes reuse location ids; a new world starts with fresh ones
     with SandboxServer(seed=seed, contacts=contacts, time_scale=time_scale, messy=messy) as sb:
         path, env = write_sandbox_config(sb.manifest(), tmp_path, db_url, campaigns=campaigns)
         old = {k: os.environ.get(k) for k in env}

@@ -314,6 +314,16 @@ _highlevel: dict[str, WindowPacer] = {}
 _highlevel_lock = threading.Lock()
 
 
+def forget_pacers() -> None:
+    """Drop every process-wide pacer and limiter, with what they learned. For a process that
+    starts over against a new world reusing the same ids (a seeded sandbox, in tests and
+    benchmarks): an old location's spent quota must not carry over."""
+    with _highlevel_lock:
+        _highlevel.clear()
+    with _postalytics_lock:
+        _postalytics.clear()
+
+
 def highlevel_pacer(location_id: str) -> WindowPacer:
     """The one pacer for this HighLevel location in this process."""
     with _highlevel_lock:
