@@ -76,19 +76,19 @@ class ApplyOptions:
 
 Progress = Callable[[str, int], None]
 _WRITES = WriteIntent.__table__  # type: ignore[attr-defined]
+_NOW = bindparam("now", type_=_WRITES.c.updated_at.type)
 
 
 @functools.cache
 def _mark_statement(columns: frozenset[str], attempt: bool) -> Update:
     """The UPDATE `_mark` runs, built once per shape: building and hashing a statement per
-    call cost more than running it (this runs twice per note; bench/RESULTS.md, section 3)."""
-    now = bindparam("now", type_=_WRITES.c.updated_at.type)
+    call cost more than running it (bench/RESULTS.md, section 3)."""
     values: dict[str, Any] = {c: bindparam(f"v_{c}", type_=_WRITES.c[c].type) for c in columns}
-    values["updated_at"] = now
+    values["updated_at"] = _NOW
     if attempt:
         values["attempts"] = _WRITES.c.attempts + 1
-        values["last_attempt_at"] = now
-        values["first_attempt_at"] = func.coalesce(_WRITES.c.first_attempt_at, now)
+        values["last_attempt_at"] = _NOW
+        values["first_attempt_at"] = func.coalesce(_WRITES.c.first_attempt_at, _NOW)
     return update(_WRITES).where(_WRITES.c.id.in_(bindparam("ids", expanding=True))).values(
         values)
 
@@ -116,7 +116,6 @@ def _mark(engine: Engine, ids: Iterable[int], status: str, *, http_status: int |
     return now
 
 
-_NOW = bindparam("now", type_=_WRITES.c.updated_at.type)
 _OUTCOME = update(_WRITES).where(_WRITES.c.id == bindparam("row_id")).values(
     status=bindparam("v_status", type_=_WRITES.c.status.type),
     reason=bindparam("v_reason", type_=_WRITES.c.reason.type),
@@ -206,24 +205,21 @@ class _Applier:
         if self.progress:
             self.progress(self.location_id, n)
 
-    def _record(self, rows: Sequence[WriteIntent], outcome: Any, *, attempt: bool,
-                later: list[dict[str, Any]] | None = None) -> str:
-        """Store a call's outcome on its rows (or queue it on `later`, for `_store`); returns
-        the rows' new status."""
+    def _record(self, rows: Sequence[WriteIntent], outcome: Any,
+                later: list[dict[str, Any]]) -> str:
+        """Queue a call's outcome for its rows on `later`, which `_store` writes (an attempt
+        each); a call not sent for the daily quota is stored at once. Returns the new status."""
         status = _STATUS_OF[outcome.status]
-        reason = DAILY_QUOTA_REASON if outcome.status == "deferred" else (
-            None if status == WriteStatus.done else outcome.reason)
-        remote_id = outcome.remote_id if status == WriteStatus.done else None
         ids = [r.id for r in rows if r.id is not None]
-        if later is not None and outcome.status != "deferred":
+        if outcome.status == "deferred":
+            _mark(self.engine, ids, status, reason=DAILY_QUOTA_REASON)
+            self.stop = DAILY_QUOTA_REASON
+        else:
+            reason = None if status == WriteStatus.done else outcome.reason
+            remote_id = outcome.remote_id if status == WriteStatus.done else None
             later += [{"row_id": i, "v_status": status, "v_reason": reason,
                        "v_http": outcome.http_status, "v_remote": remote_id} for i in ids]
-        else:
-            _mark(self.engine, ids, status, http_status=outcome.http_status, reason=reason,
-                  remote_id=remote_id, attempt=attempt and outcome.status != "deferred")
-        if outcome.status == "deferred":
-            self.stop = DAILY_QUOTA_REASON
-        elif outcome.status == "rejected" and outcome.http_status == 404:
+        if outcome.status == "rejected" and outcome.http_status == 404:
             # The contact we linked to is gone: forget the link so a replay looks again.
             for key in {r.recipient_key for r in rows}:
                 forget_link(self.engine, self.location_id, key)
@@ -292,8 +288,9 @@ class _Applier:
             # The links found, stored together (a crash loses only cached work: the links
             # themselves are in `contact_links`).
             if linked:
+                now = utcnow()
                 with self.engine.begin() as conn:
-                    conn.execute(_LINKED, [{**x, "now": utcnow()} for x in linked])
+                    conn.execute(_LINKED, [{**x, "now": now} for x in linked])
 
     async def _contact(self, contact_id: str, rows: list[WriteIntent]) -> None:
         async with self.sem:
@@ -340,7 +337,7 @@ class _Applier:
                 sent.add(note.id)
                 outcome = await self.hl.create_note(contact_id, note.body or "")
                 failpoints.hit("after-note-post")
-                self._record([note], outcome, attempt=True, later=outcomes)
+                self._record([note], outcome, outcomes)
         finally:
             lost = self.lease is not None and self.lease.lost
             _store(self.engine, outcomes=outcomes, marked_at=marked_at,
@@ -388,7 +385,7 @@ class _Applier:
                 batch = [r for r in batch if r not in missing]
         if outcome.status == "unknown":  # tag writes are idempotent: just send again later
             outcome = outcome.model_copy(update={"status": "failed"})
-        self._record(batch, outcome, attempt=True, later=later)
+        self._record(batch, outcome, later)
 
 
 async def _all_or_first_error(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
