@@ -184,8 +184,8 @@ def highlevel_requests(stats: Mapping[str, Any]) -> int:
 @contextlib.contextmanager
 def sandbox_env(manifest: Mapping[str, Any], directory: Path, db_url: str | None = None,
                 **kw: Any) -> Iterator[Path]:
-    """Write the sandbox's config (mailsync.demo) and put its secrets in os.environ meanwhile."""
-    from mailsync.demo import write_sandbox_config
+    """Write the sandbox config (`mailsync.cli.demo`) and put its secrets in os.environ."""
+    from mailsync.cli.demo import write_sandbox_config
 
     db_url = db_url or f"sqlite:///{directory / 'mailsync.db'}"
     path, env = write_sandbox_config(manifest, directory, db_url, **kw)

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from bench._common import Report, SandboxProcess, finish, md_table, parser, sandbox_env, workdir
-from mailsync import ratelimit
+from mailsync.clients import ratelimit
 from mailsync.config import load_settings
 from mailsync.sync import runner
 from mailsync.sync.context import SyncContext

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench._common import Report, SandboxProcess, finish, md_table, parser
-from mailsync.highlevel import HighLevelClient
-from mailsync.ratelimit import WindowPacer
+from mailsync.clients.highlevel import HighLevelClient
+from mailsync.clients.ratelimit import WindowPacer
 
 NAME = "ratelimit_efficiency"
 TIME_SCALE = 0.01

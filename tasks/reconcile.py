@@ -9,8 +9,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from mailsync import reconcile as lib
-from mailsync.report import DriftFinding, build_report
+from mailsync.report import verify as lib
+from mailsync.report.build import DriftFinding, build_report
 from tasks.artifacts import publish_markdown, publish_table
 from tasks.context import build_context
 from tasks.sync import COMMON, retry_unless_config

@@ -1,6 +1,6 @@
 """A sync or replay run's artifacts: its summary text and the problem rows it touched.
 
-The reconcile flow uses `mailsync.report` (per campaign, with a verdict and an action per
+The reconcile flow uses `mailsync.report.build` (per campaign, with a verdict and an action per
 problem). A run's tables here are scoped differently: every row the run *touched*, including
 rows planned by earlier runs that it retried, which the report's run window does not cover.
 """

@@ -21,7 +21,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
 from sqlmodel import Session, col, func, select
 
-from mailsync.auth import AuthError
+from mailsync.clients.auth import AuthError
 from mailsync.config import ConfigError
 from mailsync.redact import redact
 from mailsync.store.leases import worker_identity

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailsync.cli.demo import end_state, write_sandbox_config
+from mailsync.clients.ratelimit import forget_pacers
 from mailsync.config import Settings, load_settings
-from mailsync.demo import end_state, write_sandbox_config
-from mailsync.ratelimit import forget_pacers
 from mailsync.sandbox.server import SandboxServer
 from mailsync.sync.context import SyncContext
 from mailsync.sync.runner import RunSummary, run_sync

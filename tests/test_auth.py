@@ -10,17 +10,16 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from mailsync.auth import (
+from mailsync.clients.auth import (
     AuthError,
     InMemoryTokenStore,
     OAuthTokenAuth,
-    Secret,
     StaticTokenAuth,
-    StoredToken,
     TokenRefreshError,
     TokenStore,
 )
-from mailsync.redact import redact
+from mailsync.redact import Secret, redact
+from mailsync.store.tokens import StoredToken
 
 LOC = "loc-auth-1"
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

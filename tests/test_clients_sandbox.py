@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from mailsync.auth import InMemoryTokenStore, OAuthTokenAuth, StoredToken
-from mailsync.highlevel import HighLevelAuthError, HighLevelClient
-from mailsync.postalytics import PostalyticsAuthError, PostalyticsClient
-from mailsync.ratelimit import FixedRateLimiter, WindowPacer
+from mailsync.clients.auth import InMemoryTokenStore, OAuthTokenAuth
+from mailsync.clients.highlevel import HighLevelAuthError, HighLevelClient
+from mailsync.clients.postalytics import PostalyticsAuthError, PostalyticsClient
+from mailsync.clients.ratelimit import FixedRateLimiter, WindowPacer
+from mailsync.store.tokens import StoredToken
 
 server_module = pytest.importorskip("mailsync.sandbox.server")
 SandboxServer = server_module.SandboxServer

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mailsync.cli import app
+from mailsync.cli.main import app
 from mailsync.codes import CA_CODES, EventCode
 from mailsync.config import ConfigError, SecretRef, env_resolver, load_settings
 

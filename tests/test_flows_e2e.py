@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from mailsync.cli.demo import end_state, write_sandbox_config
 from mailsync.config import load_settings
-from mailsync.demo import end_state, write_sandbox_config
 from mailsync.sandbox.server import SandboxServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailsync.auth import AuthError
+from mailsync.clients.auth import AuthError
 from mailsync.config import ConfigError, SecretRef
 from mailsync.redact import register_secret
 from tasks import artifacts, secrets

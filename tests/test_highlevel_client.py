@@ -12,9 +12,10 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from mailsync.auth import InMemoryTokenStore, OAuthTokenAuth, StoredToken, TokenRefreshError
-from mailsync.highlevel import API_VERSION, HighLevelAuthError, HighLevelClient
-from mailsync.ratelimit import WindowPacer
+from mailsync.clients.auth import InMemoryTokenStore, OAuthTokenAuth, TokenRefreshError
+from mailsync.clients.highlevel import API_VERSION, HighLevelAuthError, HighLevelClient
+from mailsync.clients.ratelimit import WindowPacer
+from mailsync.store.tokens import StoredToken
 from tests.test_ratelimit import VirtualTime
 
 BASE = "https://services.leadconnectorhq.com"

@@ -10,8 +10,8 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from mailsync.highlevel import HighLevelClient
-from mailsync.http import (
+from mailsync.clients.highlevel import HighLevelClient
+from mailsync.clients.http import (
     ApiClient,
     Outcome,
     check_base_url,

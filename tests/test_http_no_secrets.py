@@ -10,11 +10,12 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from mailsync.auth import InMemoryTokenStore, OAuthTokenAuth, Secret, StoredToken
-from mailsync.highlevel import HighLevelAuthError, HighLevelClient
-from mailsync.postalytics import PostalyticsAuthError, PostalyticsClient, PostalyticsError
-from mailsync.ratelimit import FixedRateLimiter, WindowPacer
-from mailsync.redact import install_log_redaction
+from mailsync.clients.auth import InMemoryTokenStore, OAuthTokenAuth
+from mailsync.clients.highlevel import HighLevelAuthError, HighLevelClient
+from mailsync.clients.postalytics import PostalyticsAuthError, PostalyticsClient, PostalyticsError
+from mailsync.clients.ratelimit import FixedRateLimiter, WindowPacer
+from mailsync.redact import Secret, install_log_redaction
+from mailsync.store.tokens import StoredToken
 
 PIT = "pit-never-logged-7f3a9c"
 API_KEY = "postalytics-key-never-logged-91b2"

@@ -14,9 +14,10 @@ from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from mailsync.auth import InMemoryTokenStore, OAuthTokenAuth, StoredToken
-from mailsync.highlevel import HighLevelClient
-from mailsync.ratelimit import WindowPacer
+from mailsync.clients.auth import InMemoryTokenStore, OAuthTokenAuth
+from mailsync.clients.highlevel import HighLevelClient
+from mailsync.clients.ratelimit import WindowPacer
+from mailsync.store.tokens import StoredToken
 
 # The official files, shipped unchanged with the sandbox (a test below compares them with
 # ../shared/ref/highlevel-openapi wherever that checkout of the reference is present).

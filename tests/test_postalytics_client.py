@@ -11,14 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from mailsync.auth import Secret
-from mailsync.postalytics import (
+from mailsync.clients.postalytics import (
     PostalyticsAuthError,
     PostalyticsClient,
     PostalyticsError,
     unwrap_list,
 )
-from mailsync.ratelimit import FixedRateLimiter, postalytics_limiter
+from mailsync.clients.ratelimit import FixedRateLimiter, postalytics_limiter
+from mailsync.redact import Secret
 from tests.test_ratelimit import VirtualTime
 
 BASE = "https://api.postalytics.com/api/v1"

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, func, select
 
-from mailsync import report
+from mailsync.clients.http import check_base_url
 from mailsync.config import ConfigError, load_settings
-from mailsync.http import check_base_url
+from mailsync.report import build as report
 from mailsync.store.models import WriteIntent
 from tests.sync_helpers import rig
 

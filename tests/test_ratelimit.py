@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mailsync.ratelimit import (
+from mailsync.clients.ratelimit import (
     FixedRateLimiter,
     WindowPacer,
     highlevel_pacer,

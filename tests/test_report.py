@@ -14,11 +14,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from typer.testing import CliRunner
 
+from mailsync.cli.demo import write_sandbox_config
+from mailsync.cli.report import parse_when, register
 from mailsync.codes import EventCode, tag_for
-from mailsync.demo import write_sandbox_config
-from mailsync.report import build_report, write_files
-from mailsync.report_cli import parse_when, register
-from mailsync.report_rules import DRIFT_REASON, mask_email, mask_emails_in
+from mailsync.report.build import build_report, write_files
+from mailsync.report.rules import DRIFT_REASON, mask_email, mask_emails_in
 from mailsync.store.engine import get_engine
 from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, SyncRun, WriteIntent
 from mailsync.sync.apply import DAILY_QUOTA_REASON
@@ -263,7 +263,7 @@ def test_cli_report_writes_every_format(db_url: str, tmp_path: Path,
 def test_terminal_table_shows_reason_and_action(engine: Engine) -> None:
     from rich.console import Console
 
-    from mailsync.report_cli import print_report
+    from mailsync.cli.report import print_report
 
     console = Console(record=True, width=250)
     print_report(build_report(engine, now=NOW), console, limit=5)
@@ -276,7 +276,7 @@ def test_terminal_table_shows_reason_and_action(engine: Engine) -> None:
 def test_unstored_events_lists_what_postalytics_has_and_the_store_lacks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mailsync.config import load_settings
-    from mailsync.reconcile import unstored_events
+    from mailsync.report.verify import unstored_events
     from mailsync.sandbox.server import SandboxServer
     from mailsync.sync.context import SyncContext
     from mailsync.sync.runner import run_sync

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mailsync.report import build_report
-from mailsync.report_html import STAGE_COLOURS, render_html
+from mailsync.report.build import build_report
+from mailsync.report.html import STAGE_COLOURS, render_html
 from tests.test_report import CASES, NOW, US, US_REACH, make_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

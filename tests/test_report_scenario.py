@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from mailsync.cli.demo import end_state, write_sandbox_config
 from mailsync.codes import code_from_tag, tag_for, tag_key
 from mailsync.config import load_settings
-from mailsync.demo import end_state, write_sandbox_config
-from mailsync.reconcile import verify
-from mailsync.report import build_report, write_files
+from mailsync.report.build import build_report, write_files
+from mailsync.report.verify import verify
 from mailsync.sandbox.server import SandboxServer
 from mailsync.store.models import WriteIntent
 from mailsync.sync.context import SyncContext
@@ -203,7 +203,7 @@ def test_verify_cli_reports_drift_and_fixes_only_when_asked(world: Any) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from mailsync.report_cli import register
+    from mailsync.cli.report import register
 
     sb, manifest, settings, ctx = world
     sb.advance(48)

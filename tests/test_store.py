@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import Session, SQLModel, func, select
 from typer.testing import CliRunner
 
-from mailsync.cli import app
+from mailsync.cli.main import app
 from mailsync.store.engine import get_engine, head_revision, upgrade_database
 from mailsync.store.models import MailEvent, WriteIntent
 from mailsync.store.ops import insert_ignore

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from mailsync.cli.demo import end_state, write_sandbox_config
 from mailsync.config import load_settings
-from mailsync.demo import end_state, write_sandbox_config
 from mailsync.sandbox.server import SandboxServer
 from mailsync.store.engine import get_engine
 from mailsync.store.leases import lease_holder

@@ -1,3 +1,3 @@
-from mailsync.cli import main
+from mailsync.cli.main import main
 
 main()

@@ -6,6 +6,7 @@ credential) is registered here once; `redact` then replaces any occurrence with 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from typing import Any
@@ -120,3 +121,48 @@ def get_logger(name: str) -> logging.Logger:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger
+
+
+class Secret:
+    """A secret string: `repr`/`str` show `***`; `.get()` gives the raw value.
+
+    Creating one registers the value for redaction process-wide.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if isinstance(value, Secret):
+            value = value.get()
+        if not isinstance(value, str):
+            raise TypeError(f"Secret needs a str, got {type(value).__name__}")
+        self._value = value
+        register_secret(value)
+
+    def get(self) -> str:
+        """The raw value: pass it only to the wire."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return MASK
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def as_secret(value: Secret | str) -> Secret:
+    """Wrap a plain string (from config) as a `Secret`; pass a `Secret` through."""
+    return value if isinstance(value, Secret) else Secret(value)

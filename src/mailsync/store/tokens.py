@@ -9,13 +9,33 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mailsync.auth import Secret, StoredToken
+from mailsync.redact import Secret, as_secret
 from mailsync.store.models import OAuthTokenRow, utcnow
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    """One location's OAuth tokens as persisted. `expires_at` is when the access token ends."""
+
+    refresh_token: Secret
+    access_token: Secret | None = None
+    expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        # Callers (the database layer) may hand in plain strings.
+        object.__setattr__(self, "refresh_token", as_secret(self.refresh_token))
+        if self.access_token is not None:
+            object.__setattr__(self, "access_token", as_secret(self.access_token))
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            # SQLite hands back naive datetimes; they were written as UTC.
+            object.__setattr__(self, "expires_at", self.expires_at.replace(tzinfo=UTC))
 
 
 def _fernet(key_material: Secret) -> Fernet:

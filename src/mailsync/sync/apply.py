@@ -21,12 +21,12 @@ from sqlalchemy import Update, bindparam, func, tuple_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from mailsync import failpoints
-from mailsync.auth import AuthError
+from mailsync.clients.auth import AuthError
+from mailsync.clients.highlevel import HighLevelClient
 from mailsync.codes import tag_key
-from mailsync.highlevel import HighLevelClient
 from mailsync.store.leases import DEFAULT_TTL, HeldLease, hold_lease
 from mailsync.store.models import WriteIntent, WriteKind, WriteStatus, utcnow
+from mailsync.sync import failpoints
 from mailsync.sync.notes import has_marker
 from mailsync.sync.resolve import forget_link, load_recipients, resolve
 

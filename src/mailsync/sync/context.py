@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.engine import Engine
 
-from mailsync.auth import OAuthTokenAuth, Secret, StaticTokenAuth
+from mailsync.clients.auth import OAuthTokenAuth, StaticTokenAuth
+from mailsync.clients.highlevel import HighLevelClient
+from mailsync.clients.postalytics import PostalyticsClient
+from mailsync.clients.ratelimit import postalytics_limiter
 from mailsync.config import ConfigError, SecretRef, SecretResolver, Settings, env_resolver
-from mailsync.highlevel import HighLevelClient
-from mailsync.postalytics import PostalyticsClient
-from mailsync.ratelimit import postalytics_limiter
-from mailsync.redact import install_log_redaction
+from mailsync.redact import Secret, install_log_redaction
 from mailsync.store.engine import get_engine
 from mailsync.store.tokens import DatabaseTokenStore
 

@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from mailsync import failpoints
 from mailsync.config import CampaignConfig
 from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, utcnow
 from mailsync.store.ops import insert_ignore
+from mailsync.sync import failpoints
 from mailsync.sync.normalise import Normalised, normalise
 from mailsync.sync.plan import plan_writes
 

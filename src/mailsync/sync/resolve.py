@@ -12,7 +12,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from mailsync.highlevel import HighLevelClient
+from mailsync.clients.highlevel import HighLevelClient
 from mailsync.store.models import ContactLink, MailEvent, utcnow
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlmodel import Session
 
-from mailsync.auth import AuthError
+from mailsync.clients.auth import AuthError
+from mailsync.clients.postalytics import PostalyticsError
 from mailsync.config import CampaignConfig, ConfigError
-from mailsync.postalytics import PostalyticsError
 from mailsync.store.leases import worker_identity
 from mailsync.store.models import SyncRun, utcnow
 from mailsync.sync.apply import SYNC_STATUSES, ApplyOptions, ApplyResult, apply_location

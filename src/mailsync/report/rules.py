@@ -1,6 +1,6 @@
 """Why a ledger row is a problem, in plain words, and what support should do about it.
 
-Pure functions over one ledger row's fields: the report (`mailsync.report`) applies them to
+Pure functions over one ledger row's fields: the report (`mailsync.report.build`) applies them to
 every row that is not `done`, plus the drift `verify` finds. Kinds are stable identifiers
 (CSV, JSON, tests); reasons and actions are sentences for a person.
 """

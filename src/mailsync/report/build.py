@@ -3,7 +3,7 @@
 `build_report` reads the store (ledger, events, quarantine, runs) into pandas DataFrames;
 the formats (terminal table, CSV, JSON, HTML) and the Prefect artifacts are made from the
 `Report` it returns. The live checks that need HighLevel or Postalytics (`verify`, events
-never stored) are in `mailsync.reconcile`; their findings can be passed in here.
+never stored) are in `mailsync.report.verify`; their findings can be passed in here.
 
 Filters: `run_id` selects what one run planned (a sync) or attempted (a replay); `since` /
 `until` select writes planned, events stored and events quarantined in that window; the
@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 
 from mailsync.codes import MAIL_CODES, REST_LABEL, EventCode, codes_for_country
 from mailsync.redact import redact
-from mailsync.report_rules import (
+from mailsync.report.rules import (
     DRIFT_REASON,
     KINDS,
     LocationFacts,
@@ -326,7 +326,7 @@ def build_report(engine: Engine, *, run_id: str | None = None, since: datetime |
 
 def _verdict(r: WriteIntent, facts: dict[str, LocationFacts], now: datetime,
              deadline: timedelta, drifted: dict[int, DriftFinding]) -> Any:
-    from mailsync.report_rules import Verdict
+    from mailsync.report.rules import Verdict
 
     if r.id in drifted and r.status == "done":
         return Verdict("drift", drifted[r.id].detail,  # type: ignore[index]
@@ -519,7 +519,7 @@ def write_report_files(report: Report, out_dir: Path,
         path.write_text(report.to_json(), encoding="utf-8")
         paths.append(path)
     if "html" in formats:
-        from mailsync.report_html import render_html
+        from mailsync.report.html import render_html
 
         path = out_dir / "report.html"
         path.write_text(render_html(report), encoding="utf-8")

@@ -14,10 +14,10 @@ from urllib.parse import quote
 
 import httpx
 
-from mailsync.auth import AuthError, HighLevelAuth, Secret, StaticTokenAuth
-from mailsync.http import DEFAULT_TIMEOUT, ApiClient, Outcome, Sleep, describe_status
-from mailsync.ratelimit import RateLimitSnapshot, WindowPacer, highlevel_pacer
-from mailsync.redact import get_logger, redact
+from mailsync.clients.auth import AuthError, HighLevelAuth, StaticTokenAuth
+from mailsync.clients.http import DEFAULT_TIMEOUT, ApiClient, Outcome, Sleep, describe_status
+from mailsync.clients.ratelimit import RateLimitSnapshot, WindowPacer, highlevel_pacer
+from mailsync.redact import Secret, get_logger, redact
 
 log = get_logger("mailsync.highlevel")
 

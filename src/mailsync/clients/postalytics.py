@@ -15,10 +15,10 @@ from urllib.parse import quote
 
 import httpx
 
-from mailsync.auth import AuthError, Secret, as_secret
-from mailsync.http import DEFAULT_TIMEOUT, ApiClient, Outcome, Sleep, describe_status
-from mailsync.ratelimit import FixedRateLimiter, postalytics_limiter
-from mailsync.redact import get_logger, redact, register_secret
+from mailsync.clients.auth import AuthError
+from mailsync.clients.http import DEFAULT_TIMEOUT, ApiClient, Outcome, Sleep, describe_status
+from mailsync.clients.ratelimit import FixedRateLimiter, postalytics_limiter
+from mailsync.redact import Secret, as_secret, get_logger, redact, register_secret
 
 log = get_logger("mailsync.postalytics")
 

@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mailsync.cli.demo import DEMO_FAULTS, run_demo
+from mailsync.cli.report import register as register_report_commands
 from mailsync.codes import MAIL_CODES
 from mailsync.config import ConfigError, Settings, load_settings
-from mailsync.demo import DEMO_FAULTS, run_demo
 from mailsync.redact import install_log_redaction
-from mailsync.report_cli import register as register_report_commands
 from mailsync.sandbox.cli import sandbox_app
 from mailsync.store.engine import head_revision, safe_url, upgrade_database
 from mailsync.sync.context import SyncContext

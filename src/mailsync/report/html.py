@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from mailsync.report import STATUSES, Report, describe_filters
+from mailsync.report.build import STATUSES, Report, describe_filters
 
 # Bar colours by funnel stage; tests look for the journey colour in a screenshot.
 STAGE_COLOURS = {"journey": "#2b6cb0", "exception": "#dd6b20", "response": "#2f855a"}

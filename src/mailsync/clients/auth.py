@@ -9,65 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import inspect
 import random
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from mailsync.redact import MASK, get_logger, redact, register_secret
+from mailsync.redact import MASK, Secret, as_secret, get_logger, redact
+from mailsync.store.tokens import StoredToken
 
 log = get_logger("mailsync.auth")
-
-
-class Secret:
-    """A secret string: `repr`/`str` show `***`; `.get()` gives the raw value.
-
-    Creating one registers the value for redaction process-wide.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        if isinstance(value, Secret):
-            value = value.get()
-        if not isinstance(value, str):
-            raise TypeError(f"Secret needs a str, got {type(value).__name__}")
-        self._value = value
-        register_secret(value)
-
-    def get(self) -> str:
-        """The raw value: pass it only to the wire."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return MASK
-
-    __str__ = __repr__
-
-    def __format__(self, spec: str) -> str:
-        return MASK
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-
-def as_secret(value: Secret | str) -> Secret:
-    """Wrap a plain string (from config) as a `Secret`; pass a `Secret` through."""
-    return value if isinstance(value, Secret) else Secret(value)
 
 
 class AuthError(Exception):
@@ -76,24 +30,6 @@ class AuthError(Exception):
 
 class TokenRefreshError(AuthError):
     """The OAuth refresh failed (no refresh token, rejected grant, or no answer)."""
-
-
-@dataclass(frozen=True)
-class StoredToken:
-    """One location's OAuth tokens as persisted. `expires_at` is when the access token ends."""
-
-    refresh_token: Secret
-    access_token: Secret | None = None
-    expires_at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        # Callers (the database layer) may hand in plain strings.
-        object.__setattr__(self, "refresh_token", as_secret(self.refresh_token))
-        if self.access_token is not None:
-            object.__setattr__(self, "access_token", as_secret(self.access_token))
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
-            # SQLite hands back naive datetimes; they were written as UTC.
-            object.__setattr__(self, "expires_at", self.expires_at.replace(tzinfo=UTC))
 
 
 @runtime_checkable

@@ -23,11 +23,11 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mailsync.clients.highlevel import HighLevelAuthError, HighLevelClient
 from mailsync.codes import tag_key
-from mailsync.highlevel import HighLevelAuthError, HighLevelClient
 from mailsync.redact import redact
-from mailsync.report import DriftFinding, utc
-from mailsync.report_rules import DRIFT_REASON
+from mailsync.report.build import DriftFinding, utc
+from mailsync.report.rules import DRIFT_REASON
 from mailsync.store.leases import hold_lease, worker_identity
 from mailsync.store.models import MailEvent, WriteIntent, WriteKind, WriteStatus, utcnow
 from mailsync.sync.context import SyncContext

@@ -1,6 +1,6 @@
 """`mailsync report` and `mailsync verify`: reconciliation for support staff.
 
-`mailsync.cli` calls `register(app)` at its end. The shared helpers are imported inside
+`mailsync.cli.main` calls `register(app)` at its end. The shared helpers are imported inside
 `register` (cli.py is still loading then), and this module deliberately has no
 `from __future__ import annotations`: typer reads the option types from the real objects.
 """
@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mailsync.config import ConfigError
-from mailsync.report import STATUSES, Report, build_report, write_report_files
+from mailsync.report.build import STATUSES, Report, build_report, write_report_files
 
 FORMATS = ("table", "csv", "json", "html", "all")
 TABLE_ROWS = 50
@@ -97,8 +97,8 @@ def _blank(value: Any) -> bool:
 
 def register(app: typer.Typer) -> None:
     """Add the `report` and `verify` commands to the mailsync app."""
-    from mailsync.cli import ConfigOpt, console, err_console, friendly_errors, settings_from
-    from mailsync.reconcile import unstored_events, verify
+    from mailsync.cli.main import ConfigOpt, console, err_console, friendly_errors, settings_from
+    from mailsync.report.verify import unstored_events, verify
     from mailsync.sync.context import SyncContext
 
     @app.command("report")

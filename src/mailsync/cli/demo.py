@@ -144,7 +144,7 @@ def run_demo(out_dir: Path, *, rounds: int = 6, hours_per_round: float = 24.0,
                 on_round(i, summary)
         end = end_state(sb, settings)
         stats = sb.stats()
-    from mailsync import report
+    from mailsync.report import build as report
 
     rep = report.build_report(ctx.engine)
     files = report.write_report_files(rep, out_dir)

@@ -1,0 +1,1 @@
+"""The two API clients over one HTTP base: request loop, auth, pacing."""

@@ -1,0 +1,1 @@
+"""Reconciliation reports: what was missed or rejected, why, and what to do; and verify."""
