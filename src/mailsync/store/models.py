@@ -125,6 +125,9 @@ class QuarantinedEvent(SQLModel, table=True):
     drop_id: str = Field(max_length=64, index=True)
     payload: str = Field(sa_column=Column(Text, nullable=False))
     reason: str = Field(sa_column=Column(Text, nullable=False))
+    """The details; `reason_code` says which kind of problem it is."""
+    reason_code: str = Field(default="bad_event", max_length=32)
+    """A `store.reasons.QuarantineReason`."""
     first_seen: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     run_id: str | None = Field(default=None, max_length=64)
 
@@ -168,6 +171,9 @@ class WriteIntent(SQLModel, table=True):
     attempts: int = 0
     last_http_status: int | None = None
     reason: str | None = Field(default=None, sa_column=Column(Text))
+    """The details (HighLevel's words, who the recipient is); `reason_code` is the kind."""
+    reason_code: str | None = Field(default=None, max_length=32)
+    """A `store.reasons.Reason`, or None while simply pending or once done."""
     remote_id: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
@@ -211,3 +217,26 @@ class OAuthTokenRow(SQLModel, table=True):
     access_token_enc: str | None = Field(default=None, sa_column=Column(Text))
     expires_at: datetime | None = Field(default=None, sa_column=_ts())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class StoreMeta(SQLModel, table=True):
+    """Facts about the store itself: its identity, created with it, shown by every command."""
+
+    __tablename__ = "store_meta"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class SettledContact(SQLModel, table=True):
+    """A contact whose notes this store has read (or written): its own record of the contact.
+
+    A contact without one may hold notes written by another store (a deleted or restored
+    store, a second deployment), so its notes are read once, by marker, before any POST.
+    """
+
+    __tablename__ = "settled_contacts"
+
+    location_id: str = Field(primary_key=True, max_length=64)
+    contact_id: str = Field(primary_key=True, max_length=255)
+    settled_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
