@@ -512,3 +512,24 @@ def test_pacer_yields_to_another_spender_reported_by_headers() -> None:
     # The first answer corrects the pacer; at most the requests already let through before
     # it (none here: the handler answers synchronously) could be throttled.
     assert server.throttled == 0
+
+
+# -- a contact HighLevel no longer knows ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "body", "gone"), [
+    (404, {"statusCode": 404, "message": "Contact not found"}, True),
+    (400, {"statusCode": 400, "message": "Contact not found"}, True),
+    (400, {"statusCode": 400, "message": "The contact with id c1 has been deleted"}, True),
+    (422, {"statusCode": 422, "message": ["contact does not exist"], "error": "x"}, True),
+    (400, {"statusCode": 400, "message": "body must be a string"}, False),
+    (422, {"statusCode": 422, "message": ["tags must be an array"], "error": "x"}, False),
+])
+def test_contact_gone_is_flagged_on_404_and_on_400_or_422_that_say_so(
+        status: int, body: dict[str, Any], gone: bool) -> None:
+    client, _ = make(lambda _r: httpx.Response(status, json=body))
+    for call in (client.add_tags("c1", ["t"]), client.create_note("c1", "hello"),
+                 client.list_notes("c1"), client.get_contact("c1")):
+        out = run(call)
+        assert out.status == "rejected" and out.http_status == status
+        assert out.contact_gone is gone

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -47,6 +48,20 @@ def _tag_list(tags: Sequence[str]) -> list[str]:
     if not cleaned or len(cleaned) != len(tags):
         raise ValueError("tags must be a non-empty list of non-empty strings")
     return cleaned
+
+
+# HighLevel's words for a contact that is not there; seen as 400 and 422 as well as 404.
+_GONE = re.compile(r"contact.{0,60}\b(not\s+found|does\s*n[o']t\s+exist|deleted|no\s+longer)"
+                   r"|(no|unknown)\s+contact\b", re.I | re.S)
+
+
+def _mark_gone(out: Outcome) -> Outcome:
+    """Flag a rejected contact-scoped call whose contact HighLevel does not know."""
+    if out.status != "rejected":
+        return out
+    gone = out.http_status == 404 or (out.http_status in (400, 422)
+                                      and bool(_GONE.search(out.reason)))
+    return out.model_copy(update={"contact_gone": True}) if gone else out
 
 
 def _field(data: object, key: str) -> Any:
@@ -170,7 +185,7 @@ class HighLevelClient(ApiClient):
             "POST", _contact_path(contact_id, "/tags"), idempotent=True, write=True,
             json={"tags": _tag_list(tags)},
         )
-        return self._tags_result(out)
+        return self._tags_result(_mark_gone(out))
 
     async def remove_tags(self, contact_id: str, tags: Sequence[str]) -> Outcome:
         """Remove tags (DELETE with a JSON body); `data` is the remaining tag list."""
@@ -178,7 +193,7 @@ class HighLevelClient(ApiClient):
             "DELETE", _contact_path(contact_id, "/tags"), idempotent=True, write=True,
             json={"tags": _tag_list(tags)},
         )
-        return self._tags_result(out)
+        return self._tags_result(_mark_gone(out))
 
     @staticmethod
     def _tags_result(out: Outcome) -> Outcome:
@@ -208,7 +223,7 @@ class HighLevelClient(ApiClient):
             json=payload,
         )
         if not out.ok:
-            return out
+            return _mark_gone(out)
         note = _field(out.data, "note")
         note_id = _field(note, "id")
         return out.model_copy(
@@ -222,14 +237,14 @@ class HighLevelClient(ApiClient):
         """All notes on a contact; `data` is the list of note dicts."""
         out = await self.send("GET", _contact_path(contact_id, "/notes"), idempotent=True)
         if not out.ok:
-            return out
+            return _mark_gone(out)
         notes = out.data if isinstance(out.data, list) else _field(out.data, "notes")
         return out.model_copy(update={"data": notes if isinstance(notes, list) else []})
 
     async def get_contact(self, contact_id: str) -> Outcome:
         """One contact; `data` is the contact dict, `remote_id` its id."""
         out = await self.send("GET", _contact_path(contact_id), idempotent=True)
-        return self._contact_result(out)
+        return self._contact_result(_mark_gone(out))
 
     async def find_contact(self, email: str | None = None, phone: str | None = None) -> Outcome:
         """The location's contact with this email, else this phone; `data` None if neither."""

@@ -49,6 +49,9 @@ class Outcome(BaseModel):
     remote_id: str | None = None
     data: dict[str, Any] | list[Any] | None = None
     attempts: int = 0
+    contact_gone: bool = False
+    """HighLevel said the contact the call named does not exist (404, or a 400/422 whose
+    message says so): a cached link to it is stale."""
 
     @property
     def ok(self) -> bool:
