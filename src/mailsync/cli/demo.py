@@ -1,7 +1,8 @@
 """`mailsync demo`: the whole job against the built-in sandbox, with faults, then a check.
 
-Also home of `sandbox_config`, which turns a sandbox manifest into a config file and the
-environment holding its secrets: the demo, the tests and the benchmarks all start from it.
+`run_demo` is the library part (the command only prints what it says and finds). Also home of
+`sandbox_config`, which turns a sandbox manifest into a config file and the environment
+holding its secrets: the demo, the tests and the benchmarks all start from it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+
+from mailsync.cli.options import console, err_console, friendly_errors
 from mailsync.config import Settings, load_settings
+from mailsync.report.build import build_report, write_report_files
 from mailsync.sandbox.endstate import EndState, compare
+from mailsync.sandbox.server import SandboxServer
 from mailsync.sync.context import SyncContext
 from mailsync.sync.runner import RunSummary, run_sync
 
@@ -113,8 +119,6 @@ def run_demo(out_dir: Path, *, rounds: int = 6, hours_per_round: float = 24.0,
              say: Callable[[str], None] = print,
              on_round: Callable[[int, RunSummary], None] | None = None) -> DemoResult:
     """Start the sandbox, sync while its scenario advances (faults on), report, and check."""
-    from mailsync.sandbox.server import SandboxServer
-
     out_dir.mkdir(parents=True, exist_ok=True)
     db_path = out_dir / "demo.db"
     for suffix in ("", "-wal", "-shm"):
@@ -144,12 +148,52 @@ def run_demo(out_dir: Path, *, rounds: int = 6, hours_per_round: float = 24.0,
                 on_round(i, summary)
         end = end_state(sb, settings)
         stats = sb.stats()
-    from mailsync.report import build as report
-
-    rep = report.build_report(ctx.engine)
-    files = report.write_report_files(rep, out_dir)
+    rep = build_report(ctx.engine)
+    files = write_report_files(rep, out_dir)
     problems = []
     if len(rep.problems):
         for kind, group in rep.problems.groupby("problem", sort=False):
             problems.append((str(kind), len(group), str(group["action"].iloc[0])))
     return DemoResult(summaries, end, files, stats, problems)
+
+
+def _print_round(i: int, summary: RunSummary) -> None:
+    totals = summary.outcome_totals()
+    new = sum(c.new_events for c in summary.campaigns)
+    q = sum(c.quarantined for c in summary.campaigns)
+    console.print(f"  synced: {new} new events ({q} quarantined); writes "
+                  + ", ".join(f"{v} {k}" for k, v in sorted(totals.items()))
+                  + (f"; errors: {summary.errors}" if summary.errors else ""))
+
+
+@friendly_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Where the report files go.")] = Path("reports"),
+    rounds: Annotated[int, typer.Option(help="Sync rounds while the mail moves.")] = 6,
+    contacts: Annotated[int, typer.Option(help="Recipients in the sandbox scenario.")] = 60,
+    seed: Annotated[int, typer.Option(help="Scenario seed.")] = 7,
+    faults: Annotated[str, typer.Option(help="Sandbox fault SPEC (see docs/sandbox.md).")]
+        = DEMO_FAULTS,
+) -> None:
+    """Run the whole job against the built-in sandbox (no credentials), then check the result."""
+    result = run_demo(out, rounds=rounds, contacts=contacts, seed=seed, faults=faults,
+                      say=console.print, on_round=_print_round)
+    hl = result.stats.get("highlevel", {}).get("total", {})
+    console.print(f"HighLevel saw {hl.get('requests', 0)} requests, "
+                  f"{hl.get('rate_limited', 0)} over its rate limit, faults injected: "
+                  f"{hl.get('faults', {})}.")
+    for kind, count, action in result.problems:
+        console.print(f"  {count} problem write(s), {kind}: {action}")
+    for path in result.report_files:
+        console.print(f"Report: {path}")
+    if result.end.exact:
+        console.print(f"[green]End state matches Postalytics' ground truth[/green]: "
+                      f"{result.end.describe()}")
+    else:
+        err_console.print(f"[red]End state differs[/red]: {result.end.describe()}")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `demo` to the app."""
+    app.command("demo")(demo_cmd)

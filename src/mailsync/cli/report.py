@@ -1,9 +1,6 @@
-"""`mailsync report` and `mailsync verify`: reconciliation for support staff.
+"""`mailsync report` and `mailsync verify`: reconciliation for support staff."""
 
-`mailsync.cli.main` calls `register(app)` at its end. The shared helpers are imported inside
-`register` (cli.py is still loading then), and this module deliberately has no
-`from __future__ import annotations`: typer reads the option types from the real objects.
-"""
+from __future__ import annotations
 
 import asyncio
 import re
@@ -16,8 +13,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mailsync.cli.options import (
+    CampaignOpt,
+    ConfigOpt,
+    console,
+    err_console,
+    friendly_errors,
+    settings_from,
+)
 from mailsync.config import ConfigError
-from mailsync.report.build import STATUSES, Report, build_report, write_report_files
+from mailsync.report.build import Report, build_report, write_report_files
+from mailsync.report.columns import STATUSES
+from mailsync.report.verify import VerifyResult, unstored_events, verify
+from mailsync.sync.context import SyncContext
 
 FORMATS = ("table", "csv", "json", "html", "all")
 TABLE_ROWS = 50
@@ -41,12 +49,9 @@ def parse_when(text: str | None, now: datetime | None = None) -> datetime | None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def print_report(report: Report, console: Console, limit: int = TABLE_ROWS) -> None:
-    """The report as rich tables: counts per campaign, problems by kind, problem rows.
+# -- the report in the terminal ------------------------------------------------------------
 
-    Compact on purpose (terminals are often 80-120 columns): the action per problem kind is
-    in its own table, so the rows need not repeat it; the files carry every column.
-    """
+def _counts_table(report: Report) -> Table:
     table = Table(title="writes per campaign and location")
     table.add_column("campaign / location")
     table.add_column("events\nfetched/new/quar.", justify="right")
@@ -56,26 +61,43 @@ def print_report(report: Report, console: Console, limit: int = TABLE_ROWS) -> N
         table.add_row(f"{rec['drop_id']} {rec['campaign']}\n{rec['location_id']}",
                       f"{rec['events_fetched']}/{rec['events_new']}/{rec['quarantined']}",
                       *(str(rec[c]) for c in ("planned", *STATUSES, "problems")))
-    console.print(table)
+    return table
+
+
+def _kinds_table(report: Report) -> Table:
+    first = report.problems.drop_duplicates("problem").set_index("problem")
+    kinds = Table(title="problems by kind")
+    for c in ("problem", "writes", "what to do"):
+        kinds.add_column(c)
+    for kind, n in report.problem_counts().items():
+        kinds.add_row(kind, str(n), str(first.loc[kind, "action"]))
+    return kinds
+
+
+def _rows_table(report: Report, limit: int) -> Table:
+    rows = Table(title=f"problem writes ({len(report.problems)})")
+    for c in ("recipient", "contact id", "write", "tries", "HTTP", "problem", "reason"):
+        rows.add_column(c, overflow="fold")
+    for rec in report.problems.head(limit).to_dict("records"):
+        who = rec["recipient"] + (f"\n{rec['email']}" if rec["email"] else "")
+        http = "" if _blank(rec["last_http_status"]) else str(rec["last_http_status"])
+        rows.add_row(who, rec["contact_id"], f"{rec['kind']} {rec['code']}",
+                     str(rec["attempts"]), http, rec["problem"], rec["reason"])
+    return rows
+
+
+def print_report(report: Report, console: Console, limit: int = TABLE_ROWS) -> None:
+    """The report as rich tables: counts per campaign, problems by kind, problem rows.
+
+    Compact on purpose (terminals are often 80-120 columns): the action per problem kind is
+    in its own table, so the rows need not repeat it; the files carry every column.
+    """
+    console.print(_counts_table(report))
     if report.problems.empty:
         console.print("[green]No problem writes: everything planned was written.[/green]")
     else:
-        first = report.problems.drop_duplicates("problem").set_index("problem")
-        kinds = Table(title="problems by kind")
-        for c in ("problem", "writes", "what to do"):
-            kinds.add_column(c)
-        for kind, n in report.problem_counts().items():
-            kinds.add_row(kind, str(n), str(first.loc[kind, "action"]))
-        console.print(kinds)
-        rows = Table(title=f"problem writes ({len(report.problems)})")
-        for c in ("recipient", "contact id", "write", "tries", "HTTP", "problem", "reason"):
-            rows.add_column(c, overflow="fold")
-        for rec in report.problems.head(limit).to_dict("records"):
-            who = rec["recipient"] + (f"\n{rec['email']}" if rec["email"] else "")
-            http = "" if _blank(rec["last_http_status"]) else str(rec["last_http_status"])
-            rows.add_row(who, rec["contact_id"], f"{rec['kind']} {rec['code']}",
-                         str(rec["attempts"]), http, rec["problem"], rec["reason"])
-        console.print(rows)
+        console.print(_kinds_table(report))
+        console.print(_rows_table(report, limit))
         if len(report.problems) > limit:
             console.print(f"... {len(report.problems) - limit} more: write them with "
                           "--format csv (problems.csv)")
@@ -95,98 +117,109 @@ def _blank(value: Any) -> bool:
         return False
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `report` and `verify` commands to the mailsync app."""
-    from mailsync.cli.main import ConfigOpt, console, err_console, friendly_errors, settings_from
-    from mailsync.report.verify import unstored_events, verify
-    from mailsync.sync.context import SyncContext
+# -- commands --------------------------------------------------------------------------------
 
-    @app.command("report")
-    @friendly_errors
-    def report_cmd(
-        config: ConfigOpt = None,
-        run: Annotated[str | None, typer.Option(
-            "--run", help="Only what this run planned (a sync) or attempted (a replay).")] = None,
-        since: Annotated[str | None, typer.Option(
-            help="Only writes planned since then: 24h, 7d or a date/time (UTC).")] = None,
-        until: Annotated[str | None, typer.Option(help="... and up to then.")] = None,
-        campaign: Annotated[list[str] | None, typer.Option(
-            "--campaign", help="Only this drop id (repeatable).")] = None,
-        out: Annotated[Path, typer.Option(help="Folder for csv, json and html files.")] = Path(
-            "reports"),
-        fmt: Annotated[str, typer.Option(
-            "--format", help="table, csv, json, html or all.")] = "table",
-        pending_hours: Annotated[float, typer.Option(
-            help="A write still pending this long after it was planned is missed.")] = 24.0,
-        check_highlevel: Annotated[bool, typer.Option(
-            "--verify", help="Also read HighLevel back for drift (as `mailsync verify`).")
-        ] = False,
-        check_postalytics: Annotated[bool, typer.Option(
-            "--check-postalytics", help="Also list events at Postalytics the store lacks.")
-        ] = False,
-    ) -> None:
-        """Which writes were missed or rejected, why, and what to do: for support staff."""
-        if fmt not in FORMATS:
-            raise ConfigError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
-        ctx = SyncContext(settings_from(config))
-        start, end = parse_when(since), parse_when(until)
-        drift: list[Any] = []
-        unstored: list[dict[str, Any]] = []
-        if check_highlevel:
-            found = asyncio.run(verify(ctx, since=start, until=end, drop_ids=campaign))
-            drift = found.drift
-            for err in found.errors:
-                err_console.print(f"[yellow]verify:[/yellow] {escape(err)}", soft_wrap=True,
-                                  highlight=False)
-        if check_postalytics:
-            unstored = asyncio.run(unstored_events(ctx, since=start, until=end,
-                                                   drop_ids=campaign))
-        try:
-            report = build_report(ctx.engine, run_id=run, since=start, until=end,
-                                  drop_ids=campaign, drift=drift, unstored=unstored,
-                                  pending_deadline=timedelta(hours=pending_hours))
-        except LookupError as exc:
-            raise ConfigError(str(exc)) from None
-        if fmt in ("table", "all"):
-            print_report(report, console)
-        if fmt != "table":
-            formats = ("csv", "json", "html") if fmt == "all" else (fmt,)
-            for path in write_report_files(report, out, formats):
-                console.print(f"wrote {path}")
-
-    @app.command("verify")
-    @friendly_errors
-    def verify_cmd(
-        config: ConfigOpt = None,
-        since: Annotated[str | None, typer.Option(
-            help="Only contacts written since then: 24h, 7d or a date/time (UTC).")] = None,
-        campaign: Annotated[list[str] | None, typer.Option(
-            "--campaign", help="Only this drop id (repeatable).")] = None,
-        fix: Annotated[bool, typer.Option(
-            "--fix", help="Re-open drifted writes so the next sync or a replay re-sends them.")
-        ] = False,
-    ) -> None:
-        """Read back HighLevel: list tags and notes we wrote that are no longer there."""
-        ctx = SyncContext(settings_from(config))
-        result = asyncio.run(verify(ctx, since=parse_when(since), drop_ids=campaign, fix=fix))
-        console.print(f"Checked {result.contacts_checked} contact(s).")
-        if result.drift:
-            table = Table(title=f"{len(result.drift)} write(s) missing in HighLevel")
-            for c in ("ledger id", "campaign", "location", "contact", "code", "kind", "finding"):
-                table.add_column(c)
-            for d in result.drift:
-                table.add_row(str(d.ledger_id), d.drop_id, d.location_id, d.contact_id, d.code,
-                              d.kind, d.detail)
-            console.print(table)
-            if fix:
-                console.print(f"Re-opened {result.fixed} write(s): the next sync or "
-                              "`mailsync replay` writes them again.")
-            else:
-                console.print("Nothing changed: run with --fix to re-open them.")
-        else:
-            console.print("[green]No drift: every tag and note we wrote is there.[/green]")
-        for err in result.errors:
-            err_console.print(f"[red]could not check:[/red] {escape(err)}", soft_wrap=True,
+def _live_checks(ctx: SyncContext, since: datetime | None, until: datetime | None,
+                 drop_ids: list[str] | None, *, highlevel: bool,
+                 postalytics: bool) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(drift, unstored events): what only HighLevel and Postalytics can tell, when asked."""
+    drift: list[Any] = []
+    unstored: list[dict[str, Any]] = []
+    if highlevel:
+        found = asyncio.run(verify(ctx, since=since, until=until, drop_ids=drop_ids))
+        drift = found.drift
+        for err in found.errors:
+            err_console.print(f"[yellow]verify:[/yellow] {escape(err)}", soft_wrap=True,
                               highlight=False)
-        if result.errors:
-            raise typer.Exit(1)
+    if postalytics:
+        unstored = asyncio.run(unstored_events(ctx, since=since, until=until, drop_ids=drop_ids))
+    return drift, unstored
+
+
+@friendly_errors
+def report_cmd(
+    config: ConfigOpt = None,
+    run: Annotated[str | None, typer.Option(
+        "--run", help="Only what this run planned (a sync) or attempted (a replay).")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only writes planned since then: 24h, 7d or a date/time (UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="... and up to then.")] = None,
+    campaign: CampaignOpt = None,
+    out: Annotated[Path, typer.Option(help="Folder for csv, json and html files.")] = Path(
+        "reports"),
+    fmt: Annotated[str, typer.Option(
+        "--format", help="table, csv, json, html or all.")] = "table",
+    pending_hours: Annotated[float, typer.Option(
+        help="A write still pending this long after it was planned is missed.")] = 24.0,
+    check_highlevel: Annotated[bool, typer.Option(
+        "--verify", help="Also read HighLevel back for drift (as `mailsync verify`).")
+    ] = False,
+    check_postalytics: Annotated[bool, typer.Option(
+        "--check-postalytics", help="Also list events at Postalytics the store lacks.")
+    ] = False,
+) -> None:
+    """Which writes were missed or rejected, why, and what to do: for support staff."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
+    ctx = SyncContext(settings_from(config))
+    start, end = parse_when(since), parse_when(until)
+    drift, unstored = _live_checks(ctx, start, end, campaign, highlevel=check_highlevel,
+                                   postalytics=check_postalytics)
+    try:
+        report = build_report(ctx.engine, run_id=run, since=start, until=end,
+                              drop_ids=campaign, drift=drift, unstored=unstored,
+                              pending_deadline=timedelta(hours=pending_hours))
+    except LookupError as exc:
+        raise ConfigError(str(exc)) from None
+    if fmt in ("table", "all"):
+        print_report(report, console)
+    if fmt != "table":
+        formats = ("csv", "json", "html") if fmt == "all" else (fmt,)
+        for path in write_report_files(report, out, formats):
+            console.print(f"wrote {path}")
+
+
+def _drift_table(result: VerifyResult) -> Table:
+    table = Table(title=f"{len(result.drift)} write(s) missing in HighLevel")
+    for c in ("ledger id", "campaign", "location", "contact", "code", "kind", "finding"):
+        table.add_column(c)
+    for d in result.drift:
+        table.add_row(str(d.ledger_id), d.drop_id, d.location_id, d.contact_id, d.code,
+                      d.kind, d.detail)
+    return table
+
+
+@friendly_errors
+def verify_cmd(
+    config: ConfigOpt = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only contacts written since then: 24h, 7d or a date/time (UTC).")] = None,
+    campaign: CampaignOpt = None,
+    fix: Annotated[bool, typer.Option(
+        "--fix", help="Re-open drifted writes so the next sync or a replay re-sends them.")
+    ] = False,
+) -> None:
+    """Read back HighLevel: list tags and notes we wrote that are no longer there."""
+    ctx = SyncContext(settings_from(config))
+    result = asyncio.run(verify(ctx, since=parse_when(since), drop_ids=campaign, fix=fix))
+    console.print(f"Checked {result.contacts_checked} contact(s).")
+    if not result.drift:
+        console.print("[green]No drift: every tag and note we wrote is there.[/green]")
+    else:
+        console.print(_drift_table(result))
+        if fix:
+            console.print(f"Re-opened {result.fixed} write(s): the next sync or "
+                          "`mailsync replay` writes them again.")
+        else:
+            console.print("Nothing changed: run with --fix to re-open them.")
+    for err in result.errors:
+        err_console.print(f"[red]could not check:[/red] {escape(err)}", soft_wrap=True,
+                          highlight=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `report` and `verify` to the app."""
+    app.command("report")(report_cmd)
+    app.command("verify")(verify_cmd)
