@@ -15,11 +15,10 @@ from mailsync.clients.http import (
     ApiClient,
     Outcome,
     check_base_url,
-    classify,
-    describe_status,
-    error_message,
+    judge_attempt,
     retry_after_seconds,
 )
+from mailsync.clients.messages import describe_status, error_message
 
 REQ = httpx.Request("POST", "https://example.com/x")
 
@@ -30,15 +29,15 @@ REQ = httpx.Request("POST", "https://example.com/x")
      (403, "rejected"), (404, "rejected"), (409, "rejected"), (422, "rejected"),
      (429, "retry"), (500, "retry"), (502, "retry"), (503, "retry"), (301, "rejected")],
 )
-def test_classify_responses(status: int, verdict: str) -> None:
+def test_judge_responses(status: int, verdict: str) -> None:
     for idempotent in (True, False):
-        assert classify(httpx.Response(status), idempotent=idempotent) == verdict
+        assert judge_attempt(httpx.Response(status), idempotent=idempotent) == verdict
 
 
 def test_a_gateway_timeout_on_a_note_is_unknown_not_retried() -> None:
     # A 504 is the gateway's answer, not HighLevel's: the note may still have been created.
-    assert classify(httpx.Response(504), idempotent=True) == "retry"
-    assert classify(httpx.Response(504), idempotent=False) == "unknown"
+    assert judge_attempt(httpx.Response(504), idempotent=True) == "retry"
+    assert judge_attempt(httpx.Response(504), idempotent=False) == "unknown"
 
 
 @pytest.mark.parametrize(
@@ -54,17 +53,17 @@ def test_a_gateway_timeout_on_a_note_is_unknown_not_retried() -> None:
         (httpx.RemoteProtocolError, "retry", "unknown"),
     ],
 )
-def test_classify_transport_errors(
+def test_judge_transport_errors(
     exc: type[Exception], idempotent_verdict: str, write_verdict: str
 ) -> None:
     error = exc("x", request=REQ)
-    assert classify(error, idempotent=True) == idempotent_verdict
-    assert classify(error, idempotent=False) == write_verdict
+    assert judge_attempt(error, idempotent=True) == idempotent_verdict
+    assert judge_attempt(error, idempotent=False) == write_verdict
 
 
-def test_classify_refuses_foreign_exceptions() -> None:
+def test_judge_refuses_foreign_exceptions() -> None:
     with pytest.raises(TypeError):
-        classify(ValueError("x"), idempotent=True)
+        judge_attempt(ValueError("x"), idempotent=True)
 
 
 @pytest.mark.parametrize(
@@ -117,9 +116,10 @@ def test_error_message_in_plain_words(status: int, body: object, expected: str) 
 
 
 def test_error_message_falls_back_to_text() -> None:
-    response = httpx.Response(502, text="<html>\n  Bad   gateway\n</html>")
-    assert error_message(response) == "<html> Bad gateway </html>"
-    assert describe_status(response) == "HTTP 502 Bad Gateway: <html> Bad gateway </html>"
+    # A page is summarised, never pasted (tests/test_http_reasons.py); plain text is kept.
+    response = httpx.Response(502, text="upstream\n  went   away\n")
+    assert error_message(response) == "upstream went away"
+    assert describe_status(response) == "HTTP 502 Bad Gateway: upstream went away"
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:

@@ -15,12 +15,17 @@ from urllib.parse import quote
 
 import httpx
 
-from mailsync.clients.auth import AuthError, HighLevelAuth, StaticTokenAuth
-from mailsync.clients.http import DEFAULT_TIMEOUT, ApiClient, Outcome, Sleep, describe_status
+from mailsync.clients.auth import (
+    AuthError,
+    HighLevelAuth,
+    StaticTokenAuth,
+    TokenRefreshError,
+    location_label,
+)
+from mailsync.clients.http import DEFAULT_TIMEOUT, ApiClient, CallStatus, Outcome, Sleep
+from mailsync.clients.messages import describe_status
 from mailsync.clients.ratelimit import RateLimitSnapshot, WindowPacer, highlevel_pacer
-from mailsync.redact import Secret, get_logger, redact
-
-log = get_logger("mailsync.highlevel")
+from mailsync.redact import Secret, redact
 
 API_VERSION = "2021-07-28"
 DEFAULT_DAILY_RESERVE = 1000
@@ -31,7 +36,13 @@ class HighLevelError(Exception):
 
 
 class HighLevelAuthError(HighLevelError, AuthError):
-    """The location's token was refused (after one refresh, for OAuth). Fatal for it."""
+    """The location's token was refused (after one refresh, for OAuth), or no token could
+    be had (the OAuth refresh failed). Fatal for the location. `http_status` is the refusing
+    answer's status, when there was one."""
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 def _contact_path(contact_id: str, suffix: str = "") -> str:
@@ -57,7 +68,7 @@ _GONE = re.compile(r"contact.{0,60}\b(not\s+found|does\s*n[o']t\s+exist|deleted|
 
 def _mark_gone(out: Outcome) -> Outcome:
     """Flag a rejected contact-scoped call whose contact HighLevel does not know."""
-    if out.status != "rejected":
+    if out.status != CallStatus.rejected:
         return out
     gone = out.http_status == 404 or (out.http_status in (400, 422)
                                       and bool(_GONE.search(out.reason)))
@@ -73,7 +84,8 @@ class HighLevelClient(ApiClient):
 
     `auth` is a `StaticTokenAuth`/`OAuthTokenAuth`, or a plain token (Private Integration
     Token). Writes are refused with outcome `deferred` once the day's remaining requests
-    fall to `daily_reserve`.
+    fall to `daily_reserve`. `location_name` (the configured name) is how messages name the
+    location, beside its id.
     """
 
     service = "HighLevel"
@@ -92,9 +104,11 @@ class HighLevelClient(ApiClient):
         max_retry_after: float = 120.0,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        location_name: str | None = None,
     ) -> None:
         if not location_id:
             raise ValueError("location_id is required")
+        self.pacer: WindowPacer = pacer if pacer is not None else highlevel_pacer(location_id)
         super().__init__(
             base_url,
             transport=transport,
@@ -104,34 +118,29 @@ class HighLevelClient(ApiClient):
             sleep=sleep,
             rng=rng,
             headers={"Version": API_VERSION},
+            pacer=self.pacer,
+            daily_reserve=daily_reserve,
         )
         self.location_id = location_id
+        self.location_name = location_name
         self.auth: HighLevelAuth = (
             StaticTokenAuth(auth) if isinstance(auth, Secret | str) else auth
         )
-        self.pacer = pacer if pacer is not None else highlevel_pacer(location_id)
-        self.daily_reserve = daily_reserve
-        self.throttled = 0  # 429s this client received
 
     def __repr__(self) -> str:
         return f"HighLevelClient(location_id={self.location_id!r}, base_url={self.base_url!r})"
+
+    @property
+    def subject(self) -> str:
+        """`location Boston (loc-1)`, or `location loc-1` without a configured name."""
+        return location_label(self.location_id, self.location_name)
 
     @property
     def rate_limit(self) -> RateLimitSnapshot:
         """The last `X-RateLimit-*` numbers seen for this location."""
         return self.pacer.snapshot
 
-    # -- hooks ----------------------------------------------------------------------------
-
-    async def _before_attempt(self, write: bool) -> Outcome | float | None:
-        if write and self.pacer.daily_exhausted(self.daily_reserve):
-            left = self.pacer.daily_remaining()
-            return Outcome(
-                status="deferred",
-                reason=f"daily quota: {left} requests left today for location "
-                f"{self.location_id}, {self.daily_reserve} kept in reserve; not sent",
-            )
-        return await self.pacer.acquire()
+    # -- auth -----------------------------------------------------------------------------
 
     async def _auth_headers(self) -> dict[str, str]:
         try:
@@ -141,23 +150,15 @@ class HighLevelClient(ApiClient):
         return {"Authorization": f"Bearer {token.get()}"}
 
     def _auth_failed(self, exc: AuthError) -> HighLevelAuthError:
-        # One exception type for callers, whichever step (token, refresh) failed.
+        # One exception type for callers, whichever step (token, refresh) failed; the auth's
+        # own message already names the location and says what to do.
         if isinstance(exc, HighLevelAuthError):
             return exc
-        return HighLevelAuthError(redact(f"location {self.location_id}: {exc}"))
+        if isinstance(exc, TokenRefreshError):
+            return HighLevelAuthError(str(exc), http_status=exc.http_status)
+        return HighLevelAuthError(redact(f"{self.subject}: {exc}"))
 
-    def _attempt_done(self, ticket: float | None) -> None:
-        self.pacer.release(ticket)
-
-    def _after_response(self, response: httpx.Response) -> None:
-        self.pacer.observe(response.headers)
-
-    def _on_throttled(self, retry_after: float | None) -> None:
-        self.throttled += 1
-        self.pacer.on_throttled(retry_after)
-        log.warning("HighLevel 429 for location %s; backing off", self.location_id)
-
-    async def _on_unauthorized(self, response: httpx.Response) -> bool:
+    async def _reauthorize(self, response: httpx.Response) -> bool:
         if not self.auth.can_refresh:
             return False
         # The token this very request carried: concurrent callers that hit 401 with the
@@ -169,12 +170,11 @@ class HighLevelClient(ApiClient):
             raise self._auth_failed(exc) from exc
         return True
 
-    def _unauthorized_error(self, response: httpx.Response) -> Exception:
+    def _refused(self, response: httpx.Response) -> Exception:
         return HighLevelAuthError(
-            redact(
-                f"HighLevel refused the token for location {self.location_id}: "
-                f"{describe_status(response)}"
-            )
+            redact(f"HighLevel refused the token for {self.subject}: "
+                   f"{describe_status(response, self.service)}"),
+            http_status=response.status_code,
         )
 
     # -- endpoints ------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class HighLevelClient(ApiClient):
             if found.data:
                 return found.model_copy(update={"attempts": attempts})
         return Outcome(
-            status="ok", http_status=200, reason="no contact with that email or phone",
+            status=CallStatus.ok, http_status=200, reason="no contact with that email or phone",
             attempts=attempts,
         )
 

@@ -2,7 +2,9 @@
 
 All reads are GETs, so every 429, 5xx and network error is retried. A 401 raises
 `PostalyticsAuthError` naming the account (never the key); anything else that does not
-end well raises `PostalyticsError`.
+end well raises `PostalyticsError`. Both carry the typed facts (`kind`, `http_status`,
+`host`) so a caller can tell an unreachable API from refused credentials without reading
+the message.
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from mailsync.clients.auth import AuthError
-from mailsync.clients.http import DEFAULT_TIMEOUT, ApiClient, Outcome, Sleep, describe_status
+from mailsync.clients.http import DEFAULT_TIMEOUT, ApiClient, Outcome, Sleep
+from mailsync.clients.messages import REASON_CAP, describe_status, host_port, one_line
 from mailsync.clients.ratelimit import FixedRateLimiter, postalytics_limiter
-from mailsync.redact import Secret, as_secret, get_logger, redact, register_secret
-
-log = get_logger("mailsync.postalytics")
+from mailsync.redact import Secret, as_secret, register_secret
 
 MAX_PAGE_SIZE = 100
 
@@ -31,16 +33,51 @@ _LIST_KEYS = (
 )
 
 
-class PostalyticsError(Exception):
-    """A Postalytics call that did not succeed; `outcome` says how it ended."""
+class PostalyticsFailure(StrEnum):
+    """Which way a Postalytics call failed, for callers that act on it."""
 
-    def __init__(self, message: str, outcome: Outcome | None = None) -> None:
-        super().__init__(redact(message))
+    unreachable = "unreachable"
+    """No connection could be opened (refused, DNS failure, connect timeout)."""
+    refused_credentials = "refused_credentials"
+    """Postalytics refused the API key (401)."""
+    other = "other"
+    """Any other failure: an error answer, retries spent, an unreadable body."""
+
+
+class PostalyticsError(Exception):
+    """A Postalytics call that did not succeed, in one line; `outcome` says how it ended.
+
+    `kind`, `http_status` and `host` (`host:port` of the API, when known) are typed facts
+    taken from the outcome unless given.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        outcome: Outcome | None = None,
+        *,
+        kind: PostalyticsFailure | None = None,
+        http_status: int | None = None,
+        host: str | None = None,
+    ) -> None:
+        super().__init__(one_line(message, REASON_CAP))
         self.outcome = outcome
+        if kind is None:
+            kind = (PostalyticsFailure.unreachable if outcome is not None and outcome.unreachable
+                    else PostalyticsFailure.other)
+        self.kind = kind
+        self.http_status = http_status if http_status is not None else (
+            outcome.http_status if outcome is not None else None)
+        self.host = host
 
 
 class PostalyticsAuthError(PostalyticsError, AuthError):
     """Postalytics refused the API key (401). Fatal for the account: fix the key."""
+
+    def __init__(self, message: str, outcome: Outcome | None = None, *,
+                 http_status: int | None = 401, host: str | None = None) -> None:
+        super().__init__(message, outcome, kind=PostalyticsFailure.refused_credentials,
+                         http_status=http_status, host=host)
 
 
 def unwrap_list(body: Any, what: str = "items") -> list[Any]:
@@ -96,6 +133,8 @@ class PostalyticsClient(ApiClient):
             raise ValueError(f"Postalytics account {account_name!r}: the API key is empty")
         credential = base64.b64encode(f"{key.get()}:".encode()).decode()
         register_secret(credential)
+        # Shared by every client of this API key in the process.
+        self.limiter = limiter if limiter is not None else postalytics_limiter(key.get())
         super().__init__(
             base_url,
             transport=transport,
@@ -104,36 +143,35 @@ class PostalyticsClient(ApiClient):
             max_retry_after=max_retry_after,
             sleep=sleep,
             rng=rng,
+            pacer=self.limiter,
         )
         self.account_name = account_name
         self._authorization = Secret(f"Basic {credential}")
-        self.limiter = limiter if limiter is not None else postalytics_limiter(key.get())
-        self.throttled = 0
 
     def __repr__(self) -> str:
         return f"PostalyticsClient(account_name={self.account_name!r}, base_url={self.base_url!r})"
 
-    # -- hooks ----------------------------------------------------------------------------
+    @property
+    def subject(self) -> str:
+        """`account 'acme'`."""
+        return f"account {self.account_name!r}"
 
-    async def _before_attempt(self, write: bool) -> Outcome | float | None:
-        return await self.limiter.acquire()
+    @property
+    def host(self) -> str:
+        """`host:port` of the API, for messages."""
+        return host_port(self.base_url)
 
-    def _attempt_done(self, ticket: float | None) -> None:
-        self.limiter.release(ticket)
+    # -- auth -----------------------------------------------------------------------------
 
     async def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": self._authorization.get()}
 
-    def _on_throttled(self, retry_after: float | None) -> None:
-        self.throttled += 1
-        # Without Retry-After, sit out one whole window of the per-key limit.
-        self.limiter.penalize(retry_after if retry_after is not None else self.limiter.interval)
-        log.warning("Postalytics 429 for account %s; backing off", self.account_name)
-
-    def _unauthorized_error(self, response: httpx.Response) -> Exception:
+    def _refused(self, response: httpx.Response) -> Exception:
         return PostalyticsAuthError(
-            f"Postalytics refused the API key of account {self.account_name!r} "
-            f"({describe_status(response)}): check the key configured for this account"
+            f"Postalytics refused the API key of {self.subject} "
+            f"({describe_status(response, self.service)}): check the key configured for this "
+            "account",
+            http_status=response.status_code, host=self.host,
         )
 
     # -- endpoints ------------------------------------------------------------------------
@@ -141,11 +179,8 @@ class PostalyticsClient(ApiClient):
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
         out = await self.send("GET", path, idempotent=True, params=params)
         if not out.ok:
-            raise PostalyticsError(
-                f"Postalytics account {self.account_name!r}: GET {path} {out.status}: "
-                f"{out.reason}",
-                out,
-            )
+            raise PostalyticsError(f"Postalytics {self.subject}: GET {path} {out.status}: "
+                                   f"{out.reason}", out, host=self.host)
         return out.data
 
     async def list_campaigns(self) -> list[dict[str, Any]]:

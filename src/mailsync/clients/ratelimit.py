@@ -1,5 +1,6 @@
 """Pacing shared by both clients.
 
+* `Pacer`: what the request loop (`ApiClient`) needs from a pacer; both classes below are one.
 * `FixedRateLimiter`: evenly spaced slots (Postalytics: 3 requests/s per API key), one per
   key per process through `postalytics_limiter`.
 * `WindowPacer`: a sliding-window pacer for HighLevel (100 requests per 10 s per location)
@@ -24,6 +25,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -38,6 +40,60 @@ class RateLimitSnapshot:
     interval_ms: int | None = None
     daily_limit: int | None = None
     daily_remaining: int | None = None
+
+
+@dataclass(frozen=True)
+class QuotaDeferral:
+    """A write held back: the day's remaining requests are down to the reserve kept unused."""
+
+    remaining: int
+    reserve: int
+
+
+@runtime_checkable
+class Pacer(Protocol):
+    """What the request loop needs from pacing, whatever the API's limits are."""
+
+    async def acquire(self) -> float:
+        """Wait for a place and take it; returns the ticket to hand back to `release`."""
+        ...
+
+    def release(self, sent_at: float | None = None) -> None:
+        """The attempt holding the ticket `sent_at` has ended, however it ended."""
+        ...
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn from one response's headers (rate-limit figures)."""
+        ...
+
+    def on_throttled(self, retry_after: float | None = None) -> None:
+        """A 429 arrived: slow everyone sharing this budget."""
+        ...
+
+    def defer_write(self, reserve: int) -> QuotaDeferral | None:
+        """Why a write must not be sent now (daily quota down to `reserve`), or None."""
+        ...
+
+
+class NoPacer:
+    """A `Pacer` that never waits: for an `ApiClient` whose API sets no limit."""
+
+    async def acquire(self) -> float:
+        """Take a place at once."""
+        return 0.0
+
+    def release(self, sent_at: float | None = None) -> None:
+        """Nothing to free."""
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Nothing to learn."""
+
+    def on_throttled(self, retry_after: float | None = None) -> None:
+        """Nothing to slow."""
+
+    def defer_write(self, reserve: int) -> QuotaDeferral | None:
+        """Never defers."""
+        return None
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
@@ -107,14 +163,15 @@ class WindowPacer:
 
     # -- bookkeeping (call with the lock held) --------------------------------------------
 
-    def _window(self) -> float:
+    def _span(self) -> float:
+        # How long a place stays taken after its request was counted.
         return self.interval * (1.0 + self.slack)
 
     def _budget(self) -> int:
         return max(1, self.max_requests - math.ceil(self.max_requests * self.headroom))
 
     def _used(self, now: float) -> int:
-        horizon = now - self._window()
+        horizon = now - self._span()
         while self._done and self._done[0] <= horizon:
             self._done.popleft()
         return self._in_flight + len(self._done)
@@ -137,9 +194,9 @@ class WindowPacer:
                 self._daily_remaining -= 1
             return 0.0
         if self._done:
-            return max(self._done[0] + self._window() - now, 0.001)
+            return max(self._done[0] + self._span() - now, 0.001)
         # The whole budget is in flight: the next answer frees a place.
-        return max(0.005, self._window() * 0.02)
+        return max(0.005, self._span() * 0.02)
 
     def _queue(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -256,6 +313,12 @@ class WindowPacer:
             stale = self._clock() - self._daily_heard > self.daily_recheck
         return left is not None and left <= reserve and not stale
 
+    def defer_write(self, reserve: int) -> QuotaDeferral | None:
+        """A deferral when the day's quota is down to `reserve` (see `daily_exhausted`)."""
+        if not self.daily_exhausted(reserve):
+            return None
+        return QuotaDeferral(remaining=self.daily_remaining() or 0, reserve=reserve)
+
 
 class FixedRateLimiter(WindowPacer):
     """`rate` requests per `per` seconds, evenly spaced (Postalytics: 3/s per API key).
@@ -285,6 +348,10 @@ class FixedRateLimiter(WindowPacer):
             clock=clock,
             sleep=sleep,
         )
+
+    def on_throttled(self, retry_after: float | None = None) -> None:
+        """A 429: pause everyone for `retry_after`, or one whole window when it is not given."""
+        super().on_throttled(retry_after if retry_after is not None else self.interval)
 
     def penalize(self, seconds: float) -> None:
         """The server said we were too fast (a 429): pause everyone for `seconds`."""

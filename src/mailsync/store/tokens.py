@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from mailsync.redact import Secret, as_secret
-from mailsync.store.models import OAuthTokenRow, utcnow
+from mailsync.store.models import OAuthTokenRow, StoreMeta, utcnow
 
 
 @dataclass(frozen=True)
@@ -80,3 +81,21 @@ class DatabaseTokenStore:
             row.updated_at = utcnow()
             s.add(row)
             s.commit()
+
+    def describe(self, location_id: str) -> str:
+        """Which store this is, for messages that must tell stores apart: its id (from
+        `store_meta`) and when it last saved this location's tokens. Never a token."""
+        try:
+            with Session(self._engine) as s:
+                meta = s.get(StoreMeta, "store_id")
+                row = s.get(OAuthTokenRow, location_id)
+                saved = row.updated_at if row is not None else None
+        except SQLAlchemyError as exc:
+            return f"a database store whose identity could not be read ({type(exc).__name__})"
+        name = f"store {meta.value}" if meta is not None else "a store without an id"
+        if saved is None:
+            return f"{name}, which holds no OAuth tokens for this location"
+        if saved.tzinfo is None:  # SQLite hands back naive datetimes; they were written as UTC
+            saved = saved.replace(tzinfo=UTC)
+        when = saved.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return f"{name}, which last saved this location's OAuth tokens at {when}"

@@ -64,12 +64,15 @@ class SyncContext:
         auth: StaticTokenAuth | OAuthTokenAuth
         if loc.oauth is not None:
             client_secret = Secret(self.resolve_secret(loc.oauth.ref("client_secret")))
+            seed = loc.oauth.ref("refresh_token")
             auth = OAuthTokenAuth(
                 location_id,
                 client_id=Secret(self.resolve_secret(loc.oauth.ref("client_id"))),
                 client_secret=client_secret,
                 store=DatabaseTokenStore(self.engine, client_secret),
-                refresh_token=self._optional(loc.oauth.ref("refresh_token")),
+                refresh_token=self._optional(seed),
+                location_name=loc.name,
+                refresh_token_source=seed.describe(),
             )
         else:
             assert loc.token is not None
@@ -80,4 +83,4 @@ class SyncContext:
         return HighLevelClient(self.settings.highlevel.base_url, location_id, auth,
                                transport=self.highlevel_transport,
                                daily_reserve=self.settings.highlevel.daily_reserve,
-                               **extra)  # type: ignore[arg-type]
+                               location_name=loc.name, **extra)  # type: ignore[arg-type]
