@@ -9,7 +9,7 @@ from typing import Any
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mailsync.redact import redact
+from mailsync.sync.runner import ErrorKind, RunError, Scope, run_error
 
 TASK_WORKERS = int(os.environ.get("MAILSYNC_TASK_WORKERS", "8"))
 """Threads per flow run. Prefect's default pool is unbounded; each thread is one campaign's
@@ -22,14 +22,14 @@ def task_runner() -> ThreadPoolTaskRunner:
 
 
 def collect(futures: Sequence[PrefectFuture[Any]], names: Sequence[str],
-            label: str) -> tuple[list[Any], list[str]]:
-    """Wait for every future; (results of those that completed, one error line per failure).
+            scope: Scope) -> tuple[list[Any], list[RunError]]:
+    """Wait for every future; (results of those that completed, one error per failure).
 
     A failed campaign must not stop the others' writes from being applied, so failures are
     collected, not raised.
     """
     results: list[Any] = []
-    errors: list[str] = []
+    errors: list[RunError] = []
     for name, fut in zip(names, futures, strict=True):
         fut.wait()
         state = fut.state
@@ -37,6 +37,6 @@ def collect(futures: Sequence[PrefectFuture[Any]], names: Sequence[str],
             results.append(fut.result())
         else:
             exc = fut.result(raise_on_failure=False)
-            detail = exc if isinstance(exc, BaseException) else state.message
-            errors.append(redact(f"{label} {name}: {detail}"))
+            errors.append(run_error(scope, name, exc) if isinstance(exc, BaseException) else
+                          RunError(scope, name, ErrorKind.internal, state.message or "crashed"))
     return results, errors

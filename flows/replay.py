@@ -9,7 +9,7 @@ from prefect import flow, unmapped
 from pydantic import Field
 
 from flows._common import collect, task_runner
-from mailsync.sync.runner import REPLAY_STATUSES
+from mailsync.sync.runner import REPLAY_STATUSES, Scope
 from tasks.sync import apply_location, begin_run, finish_run
 
 ReplayStatus = Literal["pending", "rejected", "failed", "unknown"]
@@ -40,7 +40,7 @@ def replay(
                                  statuses=unmapped(list(statuses)),
                                  drop_ids=unmapped(campaigns or None), since=since,
                                  reresolve=True, lease_wait_seconds=lease_wait_seconds)
-    applied, errors = collect(applies, plan.locations, "location")
+    applied, errors = collect(applies, plan.locations, Scope.location)
     out = finish_run(config_path, plan, "replay", False, [], applied, errors,
                      drop_ids=campaigns or None)
     if errors:

@@ -8,6 +8,7 @@ from prefect import flow, unmapped
 from pydantic import Field
 
 from flows._common import collect, task_runner
+from mailsync.sync.runner import Scope
 from tasks.sync import apply_location, begin_run, fetch_and_plan, finish_run
 
 
@@ -37,7 +38,7 @@ def sync_campaigns(
     fetches = fetch_and_plan.map(unmapped(config_path), plan.drop_ids, unmapped(plan.run_id),
                                  dry_run=dry_run, lookback_hours=lookback_hours,
                                  max_pages=max_pages)
-    fetched, errors = collect(fetches, plan.drop_ids, "campaign")
+    fetched, errors = collect(fetches, plan.drop_ids, Scope.campaign)
     applied: list[Any] = []
     if not dry_run:
         # Every location is applied even if one of its campaigns failed to fetch: rows
@@ -45,7 +46,7 @@ def sync_campaigns(
         applies = apply_location.map(unmapped(config_path), plan.locations,
                                      drop_ids=unmapped(campaigns or None),
                                      lease_wait_seconds=lease_wait_seconds)
-        applied, apply_errors = collect(applies, plan.locations, "location")
+        applied, apply_errors = collect(applies, plan.locations, Scope.location)
         errors += apply_errors
     out = finish_run(config_path, plan, "sync", dry_run, fetched, applied, errors,
                      drop_ids=campaigns or None)

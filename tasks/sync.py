@@ -19,15 +19,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
-from sqlmodel import Session, col, func, select
 
 from mailsync.clients.auth import AuthError
 from mailsync.config import ConfigError
-from mailsync.redact import redact
+from mailsync.store import ledger
 from mailsync.store.leases import worker_identity
-from mailsync.store.models import WriteIntent, utcnow
+from mailsync.store.ledger import SYNC_STATUSES
+from mailsync.store.models import utcnow
 from mailsync.sync import runner
-from mailsync.sync.apply import LEASE_HELD_ELSEWHERE, SYNC_STATUSES, ApplyOptions, ApplyResult
+from mailsync.sync.apply import ApplyOptions, ApplyResult, Stop
 from mailsync.sync.context import SyncContext
 from mailsync.sync.fetch import CampaignResult
 from tasks.artifacts import start_progress, update_progress
@@ -92,19 +92,6 @@ def fetch_and_plan(config_path: str | None, drop_id: str, run_id: str, dry_run: 
     return result
 
 
-def open_rows(ctx: SyncContext, location_id: str, opts: ApplyOptions) -> int:
-    """How many ledger rows the apply will look at (the progress artifact's 100 %)."""
-    with Session(ctx.engine) as s:
-        q = select(func.count()).select_from(WriteIntent).where(
-            WriteIntent.location_id == location_id,
-            col(WriteIntent.status).in_(list(opts.statuses)))
-        if opts.drop_ids:
-            q = q.where(col(WriteIntent.drop_id).in_(list(opts.drop_ids)))
-        if opts.since is not None:
-            q = q.where(col(WriteIntent.created_at) >= opts.since)
-        return int(s.exec(q).one())
-
-
 @dataclass
 class _Window:
     """When a location's writes were recorded: first and last outcome, both under the lease."""
@@ -163,7 +150,7 @@ def apply_location(config_path: str | None, location_id: str, *,
     holder = worker_identity()
     opts = runner.apply_options(ctx, statuses=statuses, drop_ids=drop_ids, since=since,
                                 reresolve=reresolve, holder=holder)
-    total = open_rows(ctx, location_id, opts)
+    total = ledger.count_open(ctx.engine, opts.selection(location_id))
     if total == 0:
         logger.info("location %s: nothing to apply", location_id)
         return ApplyResult(location_id)
@@ -174,7 +161,7 @@ def apply_location(config_path: str | None, location_id: str, *,
     while True:
         result = asyncio.run(_apply_with_progress(ctx, location_id, opts, total, artifact_id,
                                                   window))
-        if result.stopped != LEASE_HELD_ELSEWHERE:
+        if result.stopped != Stop.lease_held_elsewhere:
             break
         if time.monotonic() >= deadline:
             logger.info("lease busy location=%s holder=%s: rows left for the next run",
@@ -188,14 +175,15 @@ def apply_location(config_path: str | None, location_id: str, *,
                 window.last.isoformat() if window.last else "-",
                 result.calls, _plain(result.outcomes))
     if result.stopped:
-        logger.warning("location %s stopped early: %s", location_id, result.stopped)
+        logger.warning("location %s stopped early: %s", location_id, result.stopped.value)
     return result
 
 
 @task(name="finish-run", **COMMON)
 def finish_run(config_path: str | None, plan: RunPlan, kind: str, dry_run: bool,
                campaigns: Sequence[CampaignResult], locations: Sequence[ApplyResult],
-               errors: Sequence[str], drop_ids: Sequence[str] | None = None) -> dict[str, Any]:
+               errors: Sequence[runner.RunError],
+               drop_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Record the run's end in the store and publish its summary and problem tables."""
     from prefect.runtime import flow_run
 
@@ -204,7 +192,7 @@ def finish_run(config_path: str | None, plan: RunPlan, kind: str, dry_run: bool,
 
     ctx = build_context(config_path)
     summary = runner.RunSummary(plan.run_id, kind, dry_run, list(campaigns), list(locations),
-                                [redact(e) for e in errors])
+                                list(errors))
     runner.finish_run(ctx, summary)
     rejected, missed = ([], []) if dry_run else problem_rows(
         ctx.engine, since=plan.started_at, locations=plan.locations, drop_ids=drop_ids)
@@ -217,5 +205,6 @@ def finish_run(config_path: str | None, plan: RunPlan, kind: str, dry_run: bool,
     publish_table(f"mailsync-{kind}-missed-writes", missed,
                   f"Writes not confirmed during {what} (failed, unknown or deferred)")
     return {"run_id": plan.run_id, "totals": _plain(summary.outcome_totals()),
-            "rejected": len(rejected), "missed": len(missed), "errors": summary.errors}
+            "rejected": len(rejected), "missed": len(missed),
+            "errors": [str(e) for e in summary.errors]}
 

@@ -18,10 +18,11 @@ from mailsync.cli.demo import write_sandbox_config
 from mailsync.cli.report import parse_when, register
 from mailsync.codes import EventCode, tag_for
 from mailsync.report.build import build_report, write_files
-from mailsync.report.rules import DRIFT_REASON, mask_email, mask_emails_in
+from mailsync.report.render import markdown_summary
+from mailsync.report.rules import DRIFT_DETAIL, mask_email, mask_emails_in
 from mailsync.store.engine import get_engine
 from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, SyncRun, WriteIntent
-from mailsync.sync.apply import DAILY_QUOTA_REASON
+from mailsync.store.reasons import Reason
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 LOC_A, LOC_B = "locAAAAAAAAAAAAAAAAA", "locBBBBBBBBBBBBBBBBB"
@@ -35,26 +36,35 @@ US_REACH = {EventCode.MailPieceCreated: 20, EventCode.Mailed: 18, EventCode.InTr
 CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "done": ({"status": "done", "attempts": 1, "last_http_status": 201}, None),
     "no_contact": ({"status": "rejected", "attempts": 1, "contact_id": None,
-                    "reason": "no HighLevel contact for Ada Byrne (Postalytics id 88001)"},
+                    "reason_code": Reason.no_contact,
+                    "reason": "Ada Byrne (Postalytics id 88001)"},
                    "no_contact"),
     "gone": ({"status": "rejected", "attempts": 1, "last_http_status": 404,
+              "reason_code": Reason.contact_gone,
               "reason": "HTTP 404 Not Found: Contact not found"}, "no_contact"),
+    "gone_400": ({"status": "pending", "attempts": 1, "last_http_status": 400,
+                  "reason_code": Reason.contact_gone,
+                  "reason": "HTTP 400 Bad Request: Contact not found"}, "contact_gone"),
     "note_422": ({"kind": "note", "status": "rejected", "attempts": 1, "last_http_status": 422,
+                  "reason_code": Reason.refused,
                   "reason": "HTTP 422 Unprocessable Entity: body is too long"}, "note_refused"),
     "token_403": ({"status": "rejected", "attempts": 1, "last_http_status": 403,
+                   "reason_code": Reason.token_refused,
                    "reason": "HTTP 403 Forbidden: The token does not have access to this "
                              "location."}, "token"),
     "failed": ({"status": "failed", "attempts": 3, "last_http_status": 503,
+                "reason_code": Reason.unanswered,
                 "reason": "gave up after 3 attempts: HTTP 503"}, "failed"),
     "unknown": ({"kind": "note", "status": "unknown", "attempts": 1,
-                 "reason": "sent, no answer yet"}, "unknown"),
-    "quota": ({"status": "pending", "reason": DAILY_QUOTA_REASON}, "quota"),
+                 "reason_code": Reason.sent_unanswered, "reason": "ReadTimeout"}, "unknown"),
+    "quota": ({"status": "pending", "reason_code": Reason.daily_quota}, "quota"),
     "overdue": ({"status": "pending", "created_at": NOW - timedelta(hours=30)}, "overdue"),
     "never": ({"status": "pending", "created_at": NOW - timedelta(hours=3)}, "never_attempted"),
     "fresh": ({"status": "pending", "created_at": NOW - timedelta(minutes=1)}, None),
-    "lookup": ({"status": "pending", "reason": "contact lookup: gave up after 4 attempts"},
-               "lookup_retry"),
-    "drift": ({"status": "pending", "attempts": 1, "reason": DRIFT_REASON}, "drift"),
+    "lookup": ({"status": "pending", "reason_code": Reason.lookup_unanswered,
+                "reason": "gave up after 4 attempts"}, "lookup_retry"),
+    "drift": ({"status": "pending", "attempts": 1, "reason_code": Reason.drift,
+               "reason": DRIFT_DETAIL}, "drift"),
 }
 
 
@@ -152,7 +162,7 @@ def test_summary_counts_per_campaign_and_location(engine: Engine) -> None:
     assert us["problems"] == sum(1 for _, k in CASES.values() if k)
     ca = report.summary.set_index("drop_id").loc[CA]
     assert (ca["location_id"], ca["planned"], ca["done"], ca["problems"]) == (LOC_B, 1, 1, 0)
-    md = report.to_markdown_summary()
+    md = markdown_summary(report)
     assert "| 40211 | Fall US Postcard |" in md and "renew it, then replay" in md
 
 

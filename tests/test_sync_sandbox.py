@@ -7,7 +7,7 @@ from collections import Counter
 from sqlmodel import Session, col, func, select
 
 from mailsync.store.models import QuarantinedEvent, WriteIntent
-from mailsync.sync.apply import DAILY_QUOTA_REASON
+from mailsync.store.reasons import Reason
 from tests.sync_helpers import rig
 
 FAULTS = "error=0.1,slow=0.03,reset=0.03,drop=0.05,burst429=0.02,slow_seconds=20"
@@ -35,7 +35,7 @@ def test_faulty_rounds_end_exact_and_unmatched_recipients_are_rejected(tmp_path)
         # Every selected event of a recipient without a contact is a rejected note row.
         rejected = ledger(r.ctx, WriteIntent.kind == "note", WriteIntent.status == "rejected")
         assert len(rejected) == end.unmatched_events > 0
-        assert all(row.reason.startswith("no HighLevel contact for ") for row in rejected)
+        assert all(row.reason_code == Reason.no_contact for row in rejected)
         assert not ledger(r.ctx, col(WriteIntent.status).in_(["pending", "unknown", "failed"]))
         with Session(r.ctx.engine) as s:
             assert s.exec(select(func.count()).select_from(QuarantinedEvent)).one() > 0
@@ -110,7 +110,7 @@ def test_quota_running_out_mid_contact_leaves_unsent_notes_pending(tmp_path, db_
         assert by_status["unknown"] == 0
         assert by_status["done"] == r.sb.stats()["writes"]["notes_created"] > 0
         waiting = [n for n in notes if n.status == "pending"]
-        assert waiting and all(n.reason == DAILY_QUOTA_REASON for n in waiting)
+        assert waiting and all(n.reason_code == Reason.daily_quota for n in waiting)
         for loc in r.sb.manifest()["locations"]:
             r.sb.set_daily_remaining(loc["id"], 200_000)  # the next day
         done = r.cli("sync")

@@ -28,7 +28,7 @@ from mailsync.sandbox.server import SandboxServer
 from mailsync.store.engine import get_engine
 from mailsync.store.leases import lease_holder
 from mailsync.sync import runner
-from mailsync.sync.apply import LEASE_HELD_ELSEWHERE
+from mailsync.sync.apply import Stop
 from mailsync.sync.context import SyncContext
 from tests.test_flows_e2e import (  # noqa: F401  (prefect_server is a fixture)
     BIN,
@@ -205,7 +205,7 @@ def test_killed_workers_lease_is_taken_over(pg_url: str, tmp_path: Path,
         opts = runner.apply_options(ctx, holder="rescuer")
         # The dead worker's lease is still live: nobody else may pace its location yet.
         first = asyncio.run(runner.apply(ctx, loc, opts))
-        assert first.stopped == LEASE_HELD_ELSEWHERE and first.calls == 0
+        assert first.stopped == Stop.lease_held_elsewhere and first.calls == 0
         while lease_holder(ctx.engine, loc) == "victim":
             assert time.monotonic() - killed_at < 10, "the lease never expired"
             time.sleep(0.2)

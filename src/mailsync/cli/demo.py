@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from mailsync.cli.options import console, err_console, friendly_errors
 from mailsync.config import Settings, load_settings
-from mailsync.report.build import build_report, write_report_files
+from mailsync.report.build import build_report
+from mailsync.report.render import write_report_files
 from mailsync.sandbox.endstate import EndState, compare
 from mailsync.sandbox.server import SandboxServer
 from mailsync.sync.context import SyncContext
@@ -163,7 +165,8 @@ def _print_round(i: int, summary: RunSummary) -> None:
     q = sum(c.quarantined for c in summary.campaigns)
     console.print(f"  synced: {new} new events ({q} quarantined); writes "
                   + ", ".join(f"{v} {k}" for k, v in sorted(totals.items()))
-                  + (f"; errors: {summary.errors}" if summary.errors else ""))
+                  + (f"; errors: {escape('; '.join(map(str, summary.errors)))}"
+                     if summary.errors else ""))
 
 
 @friendly_errors

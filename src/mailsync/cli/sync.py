@@ -17,7 +17,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
-from sqlmodel import Session, col, func, select
 
 from mailsync.cli.options import (
     CampaignOpt,
@@ -29,29 +28,32 @@ from mailsync.cli.options import (
 )
 from mailsync.config import ConfigError
 from mailsync.report.columns import STATUS_ORDER, STATUSES
-from mailsync.store.models import WriteIntent, WriteStatus
-from mailsync.sync.apply import SYNC_STATUSES
+from mailsync.store import ledger
+from mailsync.store.ledger import SYNC_STATUSES
+from mailsync.store.models import WriteStatus
 from mailsync.sync.context import SyncContext
 from mailsync.sync.fetch import CampaignResult
-from mailsync.sync.runner import RunSummary, run_replay, run_sync
+from mailsync.sync.runner import RunSummary, apply_options, run_replay, run_sync
 
 REPLAY_DEFAULT = ",".join(s.value for s in STATUS_ORDER if s != WriteStatus.done)
 """Every status but done: what `mailsync replay` re-sends unless told otherwise."""
 
 
-def open_count(ctx: SyncContext, location_id: str, statuses: Any = None) -> int:
-    """How many ledger rows the apply of a location will look at (for the progress bar)."""
-    with Session(ctx.engine) as s:
-        return s.exec(select(func.count()).select_from(WriteIntent).where(
-            WriteIntent.location_id == location_id,
-            col(WriteIntent.status).in_(list(statuses or SYNC_STATUSES)))).one()
+def open_count(ctx: SyncContext, location_id: str, job: str, **selection: Any) -> int:
+    """How many ledger rows the apply of a location will look at (the progress bar's total):
+    the same selection the run applies, from `store.ledger`."""
+    opts = apply_options(ctx, statuses=selection.get("statuses") or SYNC_STATUSES,
+                         drop_ids=selection.get("drop_ids"), since=selection.get("since"),
+                         reresolve=job == "replay")
+    return ledger.count_open(ctx.engine, opts.selection(location_id))
 
 
 class _RunProgress:
     """Progress bars for one run: pages per campaign, writes per location."""
 
-    def __init__(self, bar: Progress, ctx: SyncContext, statuses: Any) -> None:
-        self.bar, self.ctx, self.statuses = bar, ctx, statuses
+    def __init__(self, bar: Progress, ctx: SyncContext, job: str,
+                 selection: dict[str, Any]) -> None:
+        self.bar, self.ctx, self.job, self.selection = bar, ctx, job, selection
         self.pages: dict[str, TaskID] = {}
         self.writes: dict[str, TaskID] = {}
 
@@ -64,7 +66,7 @@ class _RunProgress:
 
     def on_write(self, location_id: str, n: int) -> None:
         if location_id not in self.writes:
-            total = open_count(self.ctx, location_id, self.statuses)
+            total = open_count(self.ctx, location_id, self.job, **self.selection)
             self.writes[location_id] = self.bar.add_task(f"apply location {location_id}",
                                                          total=total)
         self.bar.advance(self.writes[location_id], n)
@@ -75,7 +77,7 @@ def run_with_progress(ctx: SyncContext, job: str, **kwargs: Any) -> RunSummary:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
-        shown = _RunProgress(bar, ctx, kwargs.get("statuses"))
+        shown = _RunProgress(bar, ctx, job, kwargs)
         if job == "sync":
             return asyncio.run(run_sync(ctx, on_page=shown.on_page, progress=shown.on_write,
                                         **kwargs))
@@ -101,7 +103,7 @@ def _locations_table(summary: RunSummary) -> Table:
         table.add_column(c, justify="left" if c in ("location", "note") else "right")
     for loc in summary.locations:
         table.add_row(loc.location_id, *(str(loc.outcomes.get(s, 0)) for s in STATUS_ORDER),
-                      str(loc.calls), loc.stopped or "")
+                      str(loc.calls), loc.stopped.value if loc.stopped else "")
     return table
 
 
@@ -112,7 +114,7 @@ def print_summary(summary: RunSummary) -> None:
     if summary.locations:
         console.print(_locations_table(summary))
     for err in summary.errors:
-        err_console.print(f"[red]error:[/red] {escape(err)}", soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
 
 
 @friendly_errors

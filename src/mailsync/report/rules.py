@@ -11,15 +11,17 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mailsync.sync.apply import DAILY_QUOTA_REASON, MAX_AUTO_ATTEMPTS
+from mailsync.store.ledger import MAX_AUTO_ATTEMPTS
+from mailsync.store.models import WriteStatus
+from mailsync.store.reasons import Reason, describe
 
-DRIFT_REASON = "drift: removed in HighLevel after it was written"
-"""The reason `verify --fix` stores on rows it re-opens (the report recognises the prefix)."""
+DRIFT_DETAIL = "removed in HighLevel after it was written"
+"""The details `verify --fix` stores beside `Reason.drift` on the rows it re-opens."""
 
 # Problem kinds, in the order the report sorts them (most actionable first).
 KINDS = ("token", "no_contact", "note_refused", "tag_refused", "lookup_refused", "rejected",
          "event_gone", "failed", "drift", "never_attempted", "overdue", "lookup_retry",
-         "unknown", "quota")
+         "contact_gone", "unknown", "quota")
 
 _EMAIL = re.compile(r"([A-Za-z0-9])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
 
@@ -53,9 +55,11 @@ class RowFacts:
     kind: str  # tag | untag | note
     status: str
     reason: str | None
+    """The details (HighLevel's words, who the recipient is)."""
     attempts: int
     last_http_status: int | None
     created_at: datetime
+    reason_code: Reason | None = None
 
 
 @dataclass(frozen=True)
@@ -79,64 +83,83 @@ def server_message(reason: str | None) -> str:
 def _token(http_status: int | None, detail: str) -> Verdict:
     code = f" (HTTP {http_status})" if http_status else ""
     # Keep HighLevel's own words, not our wrapping of them ("... for location X: HTTP 401 ...").
-    match = re.search(r"HTTP \d{3}[^:]*:\s*(.*)$", detail, re.S)
-    detail = match.group(1) if match else detail
-    return Verdict("token", f"HighLevel refused the location's token{code}: {detail}",
+    return Verdict("token", f"HighLevel refused the location's token{code}: "
+                            f"{server_message(detail)}",
                    "the location's token was refused: renew it, then replay")
 
 
 def classify(row: RowFacts, loc: LocationFacts, now: datetime,
              pending_deadline: timedelta) -> Verdict | None:
     """The row's problem, or None when it is fine (done, or pending and simply not due yet)."""
-    status, reason, http = row.status, row.reason or "", row.last_http_status
-    what = "note" if row.kind == "note" else "tag"
-    if status == "done":
+    if row.status == WriteStatus.done:
         return None
-    if status == "unknown":
-        detail = reason or "no detail"
-        return Verdict("unknown", f"the {what} was sent and no answer came ({detail})",
+    if row.status == WriteStatus.unknown:
+        what = "note" if row.kind == "note" else "tag"
+        return Verdict("unknown", f"the {what} was sent and no answer came "
+                                  f"({row.reason or 'no detail'})",
                        "outcome not known yet: the next run settles it")
-    if status == "rejected":
-        if http in (401, 403):
-            return _token(http, server_message(reason))
-        if reason.startswith("no HighLevel contact") or http == 404:
-            words = reason if reason.startswith("no HighLevel contact") else (
-                f"HighLevel has no such contact ({server_message(reason)})")
-            return Verdict("no_contact", words, "no HighLevel contact: create it or fill the "
-                           "contact-id field, then replay")
-        if http == 422:
-            msg = server_message(reason)
-            return Verdict(f"{what}_refused", f"HighLevel refused the {what}: {msg}",
-                           f"HighLevel refused the {what}: {msg}; fix and replay")
-        if reason.startswith(("contact lookup refused", "creating the contact was refused")):
-            return Verdict("lookup_refused", reason,
-                           "HighLevel refused to look up or create the contact: fix, then replay")
-        if reason.startswith("the event behind this write is no longer stored"):
-            return Verdict("event_gone", reason, "nothing to send any more; no action")
-        return Verdict("rejected", f"HighLevel refused the {what}: {reason or f'HTTP {http}'}",
-                       "fix the cause HighLevel names, then replay")
-    if status == "failed":
-        if row.attempts >= MAX_AUTO_ATTEMPTS:
-            return Verdict("failed", f"gave up after {row.attempts} tries: {reason}",
-                           "HighLevel kept failing: check its status page, then replay")
-        return Verdict("failed", f"HighLevel did not answer in time: {reason}",
-                       "none yet: the next run tries again")
-    # pending
-    if reason.startswith("drift:"):
-        return Verdict("drift", reason, "re-opened by verify: the next sync or a replay "
-                       "writes it again")
-    if reason == DAILY_QUOTA_REASON:
+    if row.status == WriteStatus.rejected:
+        return _rejected(row)
+    if row.status == WriteStatus.failed:
+        return _failed(row)
+    return _pending(row, loc, now, pending_deadline)
+
+
+def _rejected(row: RowFacts) -> Verdict:
+    code, detail, http = row.reason_code, row.reason or "", row.last_http_status
+    what = "note" if row.kind == "note" else "tag"
+    if code == Reason.token_refused or http in (401, 403):
+        return _token(http, detail)
+    if code in (Reason.no_contact, Reason.contact_gone):
+        return Verdict("no_contact", describe(code, server_message(detail)),
+                       "no HighLevel contact: create it or fill the contact-id field, "
+                       "then replay")
+    if code in (Reason.lookup_refused, Reason.create_refused):
+        return Verdict("lookup_refused", describe(code, server_message(detail)),
+                       "HighLevel refused to look up or create the contact: fix, then replay")
+    if code == Reason.event_gone:
+        return Verdict("event_gone", describe(code, detail), "nothing to send any more; "
+                       "no action")
+    msg = server_message(detail) if detail else f"HTTP {http}"
+    if http == 422:
+        return Verdict(f"{what}_refused", f"HighLevel refused the {what}: {msg}",
+                       f"HighLevel refused the {what}: {msg}; fix and replay")
+    return Verdict("rejected", f"HighLevel refused the {what}: {msg}",
+                   "fix the cause HighLevel names, then replay")
+
+
+def _failed(row: RowFacts) -> Verdict:
+    if row.reason_code == Reason.tag_missing:
+        return Verdict("failed", describe(Reason.tag_missing, None),
+                       "none yet: the next run adds it again")
+    if row.attempts >= MAX_AUTO_ATTEMPTS:
+        return Verdict("failed", f"gave up after {row.attempts} tries: {row.reason}",
+                       "HighLevel kept failing: check its status page, then replay")
+    return Verdict("failed", f"HighLevel did not answer in time: {row.reason}",
+                   "none yet: the next run tries again")
+
+
+def _pending(row: RowFacts, loc: LocationFacts, now: datetime,
+             pending_deadline: timedelta) -> Verdict | None:
+    code, http = row.reason_code, row.last_http_status
+    if code == Reason.drift:
+        return Verdict("drift", describe(code, row.reason), "re-opened by verify: the next sync "
+                       "or a replay writes it again")
+    if code == Reason.daily_quota:
         return Verdict("quota", "HighLevel's daily request budget for the location was spent",
                        "waits for tomorrow's quota; nothing to do")
-    if http in (401, 403):
-        return _token(http, server_message(reason))
+    if code == Reason.token_refused or http in (401, 403):
+        return _token(http, row.reason or "")
     if loc.token_refused and (loc.last_run_finished is None
                               or row.created_at <= loc.last_run_finished):
         return _token(loc.token_http_status, loc.token_refused)
-    if reason.startswith(("contact lookup", "creating the contact")):
-        detail = reason.split(":", 1)[1].strip() if ":" in reason else reason
-        return Verdict("lookup_retry", f"HighLevel did not answer the contact lookup: {detail}",
+    if code == Reason.lookup_unanswered:
+        return Verdict("lookup_retry", describe(code, row.reason),
                        "none yet: the next run looks again")
+    if code == Reason.contact_gone:
+        return Verdict("contact_gone", describe(code, server_message(row.reason)),
+                       "none yet: the next run looks the recipient up again and writes to "
+                       "the contact HighLevel has now")
     if now - row.created_at > pending_deadline:
         hours = pending_deadline.total_seconds() / 3600
         return Verdict("overdue", f"still pending more than {hours:g} h after it was planned",

@@ -62,6 +62,7 @@ class SandboxConfig:
     malformed_rate: float = 0.03  # share of events served broken when messy
     start_hours: float = 0.0  # advance the clock this far before serving
     canada_every: int = 3  # every Nth campaign is Canadian; 0 for none
+    missing_contact_status: int = 404  # what a deleted contact's routes answer (404 or 400)
 
     def fault_spec(self) -> FaultSpec:
         """The configured faults as a FaultSpec."""
@@ -96,7 +97,8 @@ class Sandbox:
         self.highlevel = HighLevelAPI(
             self.store, self.auth, self.hl_limits, self.faults, self.stats,
             HighLevelSettings(time_scale=config.time_scale, retry_after=config.retry_after,
-                              whitelist_bodies=config.whitelist_bodies))
+                              whitelist_bodies=config.whitelist_bodies,
+                              missing_contact_status=config.missing_contact_status))
         self.postalytics = PostalyticsAPI(self.scenario, self.pl_limits, self.faults,
                                           self.stats, config.time_scale, config.retry_after)
         if config.start_hours:

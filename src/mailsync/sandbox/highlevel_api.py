@@ -341,6 +341,7 @@ class HighLevelSettings:
     time_scale: float = 1.0
     retry_after: bool = False  # add Retry-After to real 429s (HighLevel documents none)
     whitelist_bodies: bool = True  # NestJS-style "property X should not exist"
+    missing_contact_status: int = 404  # HighLevel is also seen answering 400 "Contact not found"
 
 
 class HighLevelAPI:
@@ -454,7 +455,8 @@ class HighLevelAPI:
     def _contact(self, request: Request) -> tuple[Contact | None, Response | None]:
         contact = self.store.contacts.get(request.path_params["contactId"])
         if contact is None:
-            return None, JSONResponse(error_body(404, "Contact not found"), status_code=404)
+            status = self.settings.missing_contact_status
+            return None, JSONResponse(error_body(status, "Contact not found"), status_code=status)
         if contact.location_id != request.scope["state"]["hl_location"]:
             return None, JSONResponse(error_body(403, FORBIDDEN_LOCATION), status_code=403)
         return contact, None

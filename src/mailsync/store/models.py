@@ -240,3 +240,14 @@ class SettledContact(SQLModel, table=True):
     location_id: str = Field(primary_key=True, max_length=64)
     contact_id: str = Field(primary_key=True, max_length=255)
     settled_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class GoneContact(SQLModel, table=True):
+    """A contact id HighLevel said does not exist (deleted or merged): never written to again,
+    whether it comes from a cached link, a carried id or a lagging search index."""
+
+    __tablename__ = "gone_contacts"
+
+    location_id: str = Field(primary_key=True, max_length=64)
+    contact_id: str = Field(primary_key=True, max_length=255)
+    gone_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

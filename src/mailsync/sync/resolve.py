@@ -7,13 +7,36 @@ at most. Replay re-resolves misses, since contacts may have been created since.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailsync.clients.highlevel import HighLevelClient
-from mailsync.store.models import ContactLink, MailEvent, utcnow
+from mailsync.store.models import ContactLink, GoneContact, MailEvent, utcnow
+from mailsync.store.ops import insert_ignore
+from mailsync.store.reasons import Reason
+
+
+class MatchedBy(StrEnum):
+    """How a recipient's contact was found (`contact_links.matched_by`)."""
+
+    carried = "carried"
+    email = "email"
+    phone = "phone"
+    created = "created"
+    none = "none"
+    """Looked up, not found: cached so a run asks once."""
+
+
+class Resolved(StrEnum):
+    """Whether resolving gave a contact, a final no, or no answer (try the next run)."""
+
+    ok = "ok"
+    rejected = "rejected"
+    retry = "retry"
 
 
 @dataclass(frozen=True)
@@ -42,9 +65,10 @@ class Resolution:
     """The contact for a recipient, or why there is none and whether to try again later."""
 
     contact_id: str | None
-    matched_by: str
-    status: Literal["ok", "rejected", "retry"] = "ok"
-    reason: str | None = None
+    matched_by: MatchedBy
+    status: Resolved = Resolved.ok
+    reason: Reason | None = None
+    detail: str | None = None
     http_status: int | None = None
 
 
@@ -73,7 +97,7 @@ def load_recipients(engine: Engine,
 
 
 def _save_link(engine: Engine, location_id: str, recipient_key: str, contact_id: str | None,
-               matched_by: str) -> None:
+               matched_by: MatchedBy) -> None:
     with Session(engine) as s:
         link = s.get(ContactLink, (location_id, recipient_key)) or ContactLink(
             location_id=location_id, recipient_key=recipient_key, matched_by=matched_by)
@@ -82,13 +106,25 @@ def _save_link(engine: Engine, location_id: str, recipient_key: str, contact_id:
         s.commit()
 
 
-def forget_link(engine: Engine, location_id: str, recipient_key: str) -> None:
-    """Drop a cached link that HighLevel says is wrong (e.g. 404 Contact not found)."""
+def forget_contact(engine: Engine, location_id: str, recipient_keys: set[str],
+                   contact_id: str) -> None:
+    """HighLevel no longer knows `contact_id`: drop the links to it and remember it as gone, so
+    neither a carried id nor a lagging search leads to it again; the next resolve looks up."""
     with Session(engine) as s:
-        link = s.get(ContactLink, (location_id, recipient_key))
-        if link is not None:
-            s.delete(link)
-            s.commit()
+        s.execute(delete(ContactLink).where(
+            col(ContactLink.location_id) == location_id,
+            col(ContactLink.recipient_key).in_(recipient_keys),
+            col(ContactLink.contact_id) == contact_id))
+        insert_ignore(s, [GoneContact(location_id=location_id, contact_id=contact_id)])
+        s.commit()
+
+
+def _gone(s: Session, location_id: str, contact_ids: set[str | None]) -> set[str]:
+    ids = [c for c in contact_ids if c]
+    if not ids:
+        return set()
+    return set(s.exec(select(GoneContact.contact_id).where(
+        GoneContact.location_id == location_id, col(GoneContact.contact_id).in_(ids))).all())
 
 
 def _contact_id(data: Any) -> str | None:
@@ -98,49 +134,69 @@ def _contact_id(data: Any) -> str | None:
     return None
 
 
+def _no_contact(who: Recipient) -> Resolution:
+    return Resolution(None, MatchedBy.none, Resolved.rejected, Reason.no_contact, who.label())
+
+
 async def resolve(engine: Engine, hl: HighLevelClient, location_id: str, who: Recipient, *,
                   reresolve: bool = False, create_missing: bool = False) -> Resolution:
     """Find (or, when allowed, create) the HighLevel contact for one recipient."""
-    if who.carried_contact_id:
-        return Resolution(who.carried_contact_id, "carried")
     with Session(engine) as s:
         link = s.get(ContactLink, (location_id, who.key))
-    if link is not None and (link.contact_id or not reresolve):
+        gone = _gone(s, location_id, {who.carried_contact_id, link and link.contact_id})
+    if who.carried_contact_id and who.carried_contact_id not in gone:
+        return Resolution(who.carried_contact_id, MatchedBy.carried)
+    if link is not None and link.contact_id not in gone and (link.contact_id or not reresolve):
         if link.contact_id:
-            return Resolution(link.contact_id, link.matched_by)
-        return Resolution(None, "none", "rejected", f"no HighLevel contact for {who.label()}")
-
+            return Resolution(link.contact_id, MatchedBy(link.matched_by))
+        return _no_contact(who)
     if who.email or who.phone:
-        outcome = await hl.find_contact(email=who.email, phone=who.phone)
-        if outcome.status == "ok":
-            found = _contact_id(outcome.data)
-            if found:
-                by = "email" if who.email and _matches_email(outcome.data, who.email) else "phone"
-                _save_link(engine, location_id, who.key, found, by)
-                return Resolution(found, by)
-        elif outcome.status == "rejected":
-            return Resolution(None, "none", "rejected",
-                              f"contact lookup refused: {outcome.reason}", outcome.http_status)
-        else:  # failed, unknown, deferred: HighLevel did not answer; try again next run
-            return Resolution(None, "none", "retry", f"contact lookup: {outcome.reason}",
-                              outcome.http_status)
-
+        found = await _look_up(engine, hl, location_id, who)
+        if found is not None:
+            return found
     if create_missing and (who.email or who.phone):
-        fields = {k: v for k, v in (("firstName", who.first_name), ("lastName", who.last_name),
-                                    ("email", who.email), ("phone", who.phone)) if v}
-        outcome = await hl.upsert_contact(fields)
-        created = outcome.remote_id if outcome.status == "ok" else None
-        if created:
-            _save_link(engine, location_id, who.key, created, "created")
-            return Resolution(created, "created")
-        if outcome.status == "rejected":
-            return Resolution(None, "none", "rejected",
-                              f"creating the contact was refused: {outcome.reason}",
-                              outcome.http_status)
-        return Resolution(None, "none", "retry", f"creating the contact: {outcome.reason}")
+        return await _create(engine, hl, location_id, who)
+    _save_link(engine, location_id, who.key, None, MatchedBy.none)
+    return _no_contact(who)
 
-    _save_link(engine, location_id, who.key, None, "none")
-    return Resolution(None, "none", "rejected", f"no HighLevel contact for {who.label()}")
+
+async def _look_up(engine: Engine, hl: HighLevelClient, location_id: str,
+                   who: Recipient) -> Resolution | None:
+    """The contact found by email, then phone; None when there is none (or only the gone one,
+    which a lagging search index may still return)."""
+    outcome = await hl.find_contact(email=who.email, phone=who.phone)
+    if outcome.status == "ok":
+        found = _contact_id(outcome.data)
+        with Session(engine) as s:
+            stale = found is not None and bool(_gone(s, location_id, {found}))
+        if found and not stale:
+            by = (MatchedBy.email if who.email and _matches_email(outcome.data, who.email)
+                  else MatchedBy.phone)
+            _save_link(engine, location_id, who.key, found, by)
+            return Resolution(found, by)
+        return None
+    if outcome.status == "rejected":
+        return Resolution(None, MatchedBy.none, Resolved.rejected, Reason.lookup_refused,
+                          outcome.reason, outcome.http_status)
+    # failed, unknown, deferred: HighLevel did not answer; try again next run
+    return Resolution(None, MatchedBy.none, Resolved.retry, Reason.lookup_unanswered,
+                      outcome.reason, outcome.http_status)
+
+
+async def _create(engine: Engine, hl: HighLevelClient, location_id: str,
+                  who: Recipient) -> Resolution:
+    fields = {k: v for k, v in (("firstName", who.first_name), ("lastName", who.last_name),
+                                ("email", who.email), ("phone", who.phone)) if v}
+    outcome = await hl.upsert_contact(fields)
+    created = outcome.remote_id if outcome.status == "ok" else None
+    if created:
+        _save_link(engine, location_id, who.key, created, MatchedBy.created)
+        return Resolution(created, MatchedBy.created)
+    if outcome.status == "rejected":
+        return Resolution(None, MatchedBy.none, Resolved.rejected, Reason.create_refused,
+                          outcome.reason, outcome.http_status)
+    return Resolution(None, MatchedBy.none, Resolved.retry, Reason.lookup_unanswered,
+                      f"creating the contact: {outcome.reason}", outcome.http_status)
 
 
 def _matches_email(contact: Any, email: str) -> bool:

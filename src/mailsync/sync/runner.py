@@ -13,22 +13,73 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
+import httpx
 from sqlmodel import Session
 
 from mailsync.clients.auth import AuthError
 from mailsync.clients.postalytics import PostalyticsError
 from mailsync.config import CampaignConfig, ConfigError
+from mailsync.redact import redact
 from mailsync.store.leases import worker_identity
-from mailsync.store.models import SyncRun, utcnow
-from mailsync.sync.apply import SYNC_STATUSES, ApplyOptions, ApplyResult, apply_location
+from mailsync.store.ledger import REPLAY_STATUSES, SYNC_STATUSES
+from mailsync.store.models import SyncRun, WriteStatus, utcnow
+from mailsync.sync.apply import ApplyOptions, ApplyResult, apply_location
 from mailsync.sync.context import SyncContext
 from mailsync.sync.fetch import CampaignResult, fetch_campaign
 
 log = logging.getLogger("mailsync.sync")
 
-REPLAY_STATUSES = ("pending", "rejected", "failed", "unknown")
+
+
+class Scope(StrEnum):
+    """What a run error stopped: one campaign's fetch or one location's apply."""
+
+    campaign = "campaign"
+    location = "location"
+
+
+class ErrorKind(StrEnum):
+    """What kind of failure stopped a campaign or location: the report acts on this."""
+
+    credentials = "credentials"
+    """The API refused the location's token or the Postalytics key."""
+    unreachable = "unreachable"
+    config = "config"
+    remote = "remote"
+    internal = "internal"
+
+
+@dataclass(frozen=True)
+class RunError:
+    """A campaign or location a run could not finish, with its kind and HTTP status."""
+
+    scope: Scope
+    target: str
+    kind: ErrorKind
+    message: str
+    http_status: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.target}: {self.message}"
+
+
+def run_error(scope: Scope, target: str, exc: BaseException) -> RunError:
+    """The typed record of the exception that stopped `target`."""
+    kind = ErrorKind.internal
+    if isinstance(exc, AuthError):
+        kind = ErrorKind.credentials
+    elif isinstance(exc, ConfigError):
+        kind = ErrorKind.config
+    elif isinstance(exc, httpx.TransportError) or getattr(exc, "unreachable", False):
+        kind = ErrorKind.unreachable
+    elif isinstance(exc, PostalyticsError):
+        kind = ErrorKind.remote
+    status = getattr(exc, "http_status", None)
+    return RunError(scope, target, kind, redact(str(exc) or type(exc).__name__),
+                    status if isinstance(status, int) else None)
 
 
 @dataclass
@@ -40,7 +91,7 @@ class RunSummary:
     dry_run: bool = False
     campaigns: list[CampaignResult] = field(default_factory=list)
     locations: list[ApplyResult] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[RunError] = field(default_factory=list)
 
     def outcome_totals(self) -> dict[str, int]:
         """Rows per final status over all locations."""
@@ -114,13 +165,16 @@ async def apply(ctx: SyncContext, location_id: str, opts: ApplyOptions,
 def apply_options(ctx: SyncContext, *, statuses: Sequence[str] = SYNC_STATUSES,
                   drop_ids: Sequence[str] | None = None, since: datetime | None = None,
                   reresolve: bool = False, holder: str | None = None) -> ApplyOptions:
-    """Apply options from the settings (which campaigns may create missing contacts)."""
+    """Apply options from the settings (which campaigns may create missing contacts); a
+    replay (`reresolve`) also retries `failed` rows however often they were tried."""
     create = frozenset(c.drop_id for c in ctx.settings.campaigns if c.create_missing_contacts)
     # Always under a lease: two processes applying one location would pace it twice and
     # could send the same note twice.
     holder = holder or worker_identity()
-    return ApplyOptions(statuses=tuple(statuses), drop_ids=drop_ids, since=since,
-                        reresolve=reresolve, create_missing=create, holder=holder)
+    return ApplyOptions(statuses=tuple(WriteStatus(s) for s in statuses), drop_ids=drop_ids,
+                        since=since, max_failed_attempts=None if reresolve else
+                        ApplyOptions.max_failed_attempts, reresolve=reresolve,
+                        create_missing=create, holder=holder)
 
 
 async def run_sync(ctx: SyncContext, *, drop_ids: Sequence[str] | None = None,
@@ -138,7 +192,7 @@ async def run_sync(ctx: SyncContext, *, drop_ids: Sequence[str] | None = None,
         return_exceptions=True)
     for camp, res in zip(campaigns, results, strict=True):
         if isinstance(res, BaseException):
-            summary.errors.append(f"campaign {camp.drop_id}: {res}")
+            summary.errors.append(run_error(Scope.campaign, camp.drop_id, res))
             log.error("campaign %s: fetch failed: %s", camp.drop_id, res,
                       exc_info=None if _expected(res) else res)
         else:
@@ -182,7 +236,7 @@ async def _apply_all(ctx: SyncContext, locations: list[str], opts: ApplyOptions,
                                    return_exceptions=True)
     for loc, res in zip(locations, results, strict=True):
         if isinstance(res, BaseException):
-            summary.errors.append(f"location {loc}: {res}")
+            summary.errors.append(run_error(Scope.location, loc, res))
             log.error("location %s: apply failed: %s", loc, res,
                       exc_info=None if _expected(res) else res)
         else:

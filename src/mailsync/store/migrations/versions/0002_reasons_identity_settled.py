@@ -4,8 +4,8 @@ Revision ID: 0002
 Revises: 0001
 
 Adds `reason_code` to the ledger and the quarantine (existing rows are classified from the
-text they carry, once, here), `store_meta` with the store's id, and `settled_contacts`,
-filled with every contact this store has already written a note to.
+text they carry, once, here), `store_meta` with the store's id, `settled_contacts`,
+filled with every contact this store has already written a note to, and `gone_contacts`.
 """
 import uuid
 from datetime import UTC, datetime
@@ -56,6 +56,13 @@ def upgrade() -> None:
         sa.Column("settled_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("location_id", "contact_id"),
     )
+    op.create_table(
+        "gone_contacts",
+        sa.Column("location_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("contact_id", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+        sa.Column("gone_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("location_id", "contact_id"),
+    )
     _backfill()
 
 
@@ -98,6 +105,7 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("gone_contacts")
     op.drop_table("settled_contacts")
     op.drop_table("store_meta")
     with op.batch_alter_table("quarantined_events") as batch:

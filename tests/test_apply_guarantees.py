@@ -1,0 +1,300 @@
+"""The apply's guarantees, each broken on purpose by one fault a HighLevel stand-in injects.
+
+A small HighLevel over `httpx.MockTransport` (tags, notes, contact lookup) and a real store:
+every test fails if the guarantee it names is broken in `sync/apply.py` or `store/ledger.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+from sqlmodel import Session, select
+
+from mailsync.clients.highlevel import HighLevelClient
+from mailsync.clients.ratelimit import WindowPacer
+from mailsync.config import CampaignConfig
+from mailsync.store.engine import get_engine
+from mailsync.store.leases import acquire_lease
+from mailsync.store.models import ContactLink, LocationLease, MailEvent, WriteIntent, WriteStatus
+from mailsync.store.ops import insert_ignore
+from mailsync.store.reasons import Reason
+from mailsync.sync.apply import ApplyOptions, ApplyResult, Stop, apply_location
+from mailsync.sync.notes import marker_for
+from mailsync.sync.plan import plan_writes
+
+LOC = "loc-guarantees"
+T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
+CAMPAIGN = CampaignConfig(drop_id="500", location=LOC, events=["Mailed", "InTransit"])
+
+Hook = Callable[[httpx.Request], Awaitable[httpx.Response | None]]
+
+
+@dataclass
+class FakeHighLevel:
+    """Contacts with tags and notes; `hooks` may answer a request instead (a fault)."""
+
+    contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    hooks: list[Hook] = field(default_factory=list)
+
+    def add(self, cid: str, email: str) -> None:
+        self.contacts[cid] = {"id": cid, "email": email, "tags": [], "notes": []}
+
+    def calls(self, method: str, pattern: str) -> int:
+        return sum(1 for m, p in self.requests
+                   if re.fullmatch(method, m) and re.fullmatch(pattern, p))
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        for hook in self.hooks:
+            answer = await hook(request)
+            if answer is not None:
+                return answer
+        return self.route(request)
+
+    def route(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/contacts/search/duplicate":
+            email = request.url.params.get("email")
+            found = next((c for c in self.contacts.values() if c["email"] == email), None)
+            return httpx.Response(200, json={"contact": found and {"id": found["id"],
+                                                                   "email": found["email"]}})
+        cid, _, what = path.removeprefix("/contacts/").partition("/")
+        contact = self.contacts.get(cid)
+        if contact is None:
+            return httpx.Response(404, json={"statusCode": 404, "message": "Contact not found"})
+        if what == "tags":
+            contact["tags"] += json.loads(request.content)["tags"]
+            return httpx.Response(201, json={"tags": contact["tags"]})
+        if request.method == "GET":
+            return httpx.Response(200, json={"notes": contact["notes"]})
+        note = {"id": f"n{len(contact['notes'])}", "body": json.loads(request.content)["body"]}
+        contact["notes"].append(note)
+        return httpx.Response(201, json={"note": note})
+
+
+def client(fake: FakeHighLevel) -> HighLevelClient:
+    return HighLevelClient("https://services.leadconnectorhq.com", LOC, "pit-token",
+                           transport=httpx.MockTransport(fake), pacer=WindowPacer(),
+                           rng=random.Random(1), max_attempts=2,
+                           sleep=lambda _s: asyncio.sleep(0))
+
+
+def plan(engine: Any, events: int, email: str = "ada@example.com",
+         contact: str | None = None) -> list[WriteIntent]:
+    """Store `events` events of one recipient and the ledger rows they cause."""
+    evs = [MailEvent(key=f"e:500:{i}", drop_id="500", recipient_key="d:1",
+                     code="Mailed" if i == 0 else "InTransit", event_at=T0 + timedelta(hours=i),
+                     email=email, carried_contact_id=contact) for i in range(events)]
+    with Session(engine) as s:
+        insert_ignore(s, evs)
+        insert_ignore(s, plan_writes(evs, CAMPAIGN))
+        s.commit()
+    return rows(engine)
+
+
+def rows(engine: Any, kind: str | None = None) -> list[WriteIntent]:
+    with Session(engine) as s:
+        q = select(WriteIntent).order_by(WriteIntent.id)  # type: ignore[arg-type]
+        if kind:
+            q = q.where(WriteIntent.kind == kind)
+        return list(s.exec(q).all())
+
+
+def apply(engine: Any, fake: FakeHighLevel, **opts: Any) -> ApplyResult:
+    async def go() -> ApplyResult:
+        async with client(fake) as hl:
+            return await apply_location(engine, hl, LOC, ApplyOptions(**opts))
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def engine(sqlite_url: str) -> Any:
+    return get_engine(sqlite_url)
+
+
+# -- a store that has not written to a contact reads its notes first ------------------------
+
+
+def test_first_note_to_a_contact_reads_its_notes_and_never_resends_one_already_there(engine):
+    fake = FakeHighLevel()
+    fake.add("c1", "ada@example.com")
+    plan(engine, 3, contact="c1")
+    # Another store (deleted since, or a second deployment) already wrote the first note.
+    there = f"Postalytics: Mailed\nmailsync ref {marker_for('e:500:0')}"
+    fake.contacts["c1"]["notes"].append({"id": "old", "body": there})
+    first = apply(engine, fake)
+    assert first.settle_reads == 1
+    assert fake.calls("GET", "/contacts/c1/notes") == 1
+    assert fake.calls("POST", "/contacts/c1/notes") == 2  # only the two not there yet
+    assert len(fake.contacts["c1"]["notes"]) == 3
+    assert all(r.status == WriteStatus.done for r in rows(engine))
+    # From now on this store knows the contact: a new note goes out without a read.
+    plan(engine, 4, contact="c1")
+    second = apply(engine, fake)
+    assert second.settle_reads == 0 and fake.calls("GET", "/contacts/c1/notes") == 1
+    assert len(fake.contacts["c1"]["notes"]) == 4
+
+
+def test_a_contact_whose_notes_cannot_be_read_gets_no_note_before_its_first_read(engine):
+    fake = FakeHighLevel()
+    fake.add("c1", "ada@example.com")
+    plan(engine, 2, contact="c1")
+
+    async def notes_down(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith("/notes"):
+            return httpx.Response(503, json={"message": "down"})
+        return None
+
+    fake.hooks.append(notes_down)
+    apply(engine, fake)
+    assert fake.calls("POST", "/contacts/c1/notes") == 0
+    assert {r.status for r in rows(engine, "note")} == {WriteStatus.pending}
+    assert {r.status for r in rows(engine, "tag")} == {WriteStatus.done}  # tags are idempotent
+    fake.hooks.clear()
+    apply(engine, fake)
+    assert len(fake.contacts["c1"]["notes"]) == 2
+
+
+def test_unknown_notes_are_not_sent_again_when_the_contacts_notes_cannot_be_read(engine):
+    fake = FakeHighLevel()
+    fake.add("c1", "ada@example.com")
+    plan(engine, 2, contact="c1")
+
+    async def cut_after_post(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST" and request.url.path.endswith("/notes"):
+            fake.route(request)  # HighLevel wrote it; the answer never arrives
+            raise httpx.ReadError("connection reset", request=request)
+        return None
+
+    fake.hooks.append(cut_after_post)
+    apply(engine, fake)
+    assert {r.status for r in rows(engine, "note")} == {WriteStatus.unknown}
+    posted = fake.calls("POST", "/contacts/c1/notes")
+
+    async def notes_down(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith("/notes"):
+            return httpx.Response(500, json={"message": "oops"})
+        return None
+
+    fake.hooks[:] = [notes_down]
+    apply(engine, fake)
+    assert fake.calls("POST", "/contacts/c1/notes") == posted  # nothing re-sent blindly
+    fake.hooks.clear()
+    apply(engine, fake)  # readable again: settled by marker, not re-sent
+    assert fake.calls("POST", "/contacts/c1/notes") == posted
+    assert all(r.status == WriteStatus.done for r in rows(engine))
+    assert len(fake.contacts["c1"]["notes"]) == 2
+
+
+def test_every_note_is_unknown_in_the_store_while_its_post_is_on_the_wire(engine):
+    fake = FakeHighLevel()
+    fake.add("c1", "ada@example.com")
+    plan(engine, 3, contact="c1")
+    seen: list[str] = []
+
+    async def look_at_the_store(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST" and request.url.path.endswith("/notes"):
+            body = json.loads(request.content)["body"]
+            note = next(r for r in rows(engine, "note") if r.marker and r.marker in body)
+            seen.append(note.status)
+        return None
+
+    fake.hooks.append(look_at_the_store)
+    apply(engine, fake)
+    assert seen == [WriteStatus.unknown] * 3
+
+
+# -- a contact HighLevel no longer knows ------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [404, 400, 422])
+def test_a_gone_contact_drops_the_link_and_the_next_run_writes_to_the_contact_there_now(
+        engine, status: int):
+    fake = FakeHighLevel()
+    fake.add("old", "ada@example.com")
+    plan(engine, 1)
+    apply(engine, fake)
+    with Session(engine) as s:
+        assert s.get(ContactLink, (LOC, "d:1")).contact_id == "old"  # type: ignore[union-attr]
+    # Support deletes the contact and creates it again; HighLevel says so with `status`.
+    del fake.contacts["old"]
+    fake.add("new", "ada@example.com")
+    message: Any = "Contact not found" if status != 422 else ["Contact not found"]
+
+    async def gone(request: httpx.Request) -> httpx.Response | None:
+        if "/contacts/old" in request.url.path:
+            return httpx.Response(status, json={"statusCode": status, "message": message})
+        return None
+
+    fake.hooks.append(gone)
+    fake.requests.clear()
+    plan(engine, 3)
+    apply(engine, fake)
+    open_rows = [r for r in rows(engine) if r.status != WriteStatus.done]
+    assert open_rows and all(r.reason_code == Reason.contact_gone and r.contact_id is None
+                             and r.status == WriteStatus.pending for r in open_rows)
+    assert fake.calls("POST", "/contacts/old/notes") == 0  # no note sent to a dead contact
+    apply(engine, fake)
+    assert all(r.status == WriteStatus.done for r in rows(engine))
+    assert {r.contact_id for r in rows(engine) if r.event_key != "e:500:0"} == {"new"}
+    assert len(fake.contacts["new"]["notes"]) == 2
+
+
+def test_a_carried_contact_id_that_is_gone_is_not_used_again(engine):
+    fake = FakeHighLevel()
+    fake.add("new", "ada@example.com")
+    plan(engine, 1, contact="gone-id")  # the list still carries a deleted contact's id
+    apply(engine, fake)
+    assert rows(engine)[0].reason_code == Reason.contact_gone
+    apply(engine, fake)
+    assert all(r.status == WriteStatus.done and r.contact_id == "new" for r in rows(engine))
+    plan(engine, 2, contact="gone-id")  # a later event still carries the dead id
+    apply(engine, fake)
+    assert all(r.status == WriteStatus.done and r.contact_id == "new" for r in rows(engine))
+    assert fake.calls("GET|POST", "/contacts/gone-id/.*") == 1  # asked once, never again
+
+
+# -- leases ---------------------------------------------------------------------------------
+
+
+def test_an_apply_refused_the_lease_sends_nothing(engine):
+    fake = FakeHighLevel()
+    fake.add("c1", "ada@example.com")
+    plan(engine, 2, contact="c1")
+    assert acquire_lease(engine, LOC, "another-host:123:abcd", timedelta(minutes=5))
+    result = apply(engine, fake, holder="this-host:1:ef01")
+    assert result.stopped == Stop.lease_held_elsewhere
+    assert fake.requests == []
+    assert {r.status for r in rows(engine)} == {WriteStatus.pending}
+
+
+def test_a_lost_lease_stops_the_writes_that_have_not_started(engine):
+    fake = FakeHighLevel()
+    fake.add("c1", "ada@example.com")
+    plan(engine, 6, contact="c1")
+
+    async def stolen_while_posting(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST" and request.url.path.endswith("/notes"):
+            with Session(engine) as s:  # another worker takes the location over
+                s.execute(update(LocationLease).values(
+                    holder="another-host:9:beef",
+                    expires_at=datetime.now(UTC) + timedelta(minutes=5)))
+                s.commit()
+            await asyncio.sleep(0.5)  # several renewals of a 0.3 s lease fail meanwhile
+        return None
+
+    fake.hooks.append(stolen_while_posting)
+    result = apply(engine, fake, holder="this-host:1:ef01", lease_ttl=timedelta(seconds=0.3))
+    assert result.stopped == Stop.lease_lost
+    assert fake.calls("POST", "/contacts/c1/notes") == 1
