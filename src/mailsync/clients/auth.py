@@ -117,7 +117,8 @@ class InMemoryTokenStore:
     def describe(self, location_id: str) -> str:
         """An in-memory store has no identity beyond this process."""
         held = "holds" if location_id in self.tokens else "holds no"
-        return f"an in-memory token store (this process only) that {held} tokens for it"
+        return (f"an in-memory token store (this process only) that {held} tokens for this "
+                "location")
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -241,7 +242,7 @@ def grant_refused_message(label: str, refused: list[TokenSource], config_source:
     return (f"{label}: HighLevel refused the OAuth refresh token (invalid_grant): {whose}. "
             "Point this deployment at the store that holds the newest refresh token, or "
             f"re-authorise the app for this location and set the new refresh token in "
-            f"{config_source}. This store: {store}.")
+            f"{config_source}. This is {store}.")
 
 
 def endpoint_failure_message(label: str, failure: _EndpointFailure) -> str:
@@ -386,9 +387,9 @@ class OAuthTokenAuth:
 
     async def _no_token_message(self) -> str:
         return (f"{self.label}: no OAuth refresh token: {self.refresh_token_source} is not set "
-                f"and this store holds none ({await self._store_description()}). Authorise "
-                f"the app for this location and set its refresh token in "
-                f"{self.refresh_token_source}.")
+                "and this store holds none for the location. Authorise the app for this "
+                f"location and set its refresh token in {self.refresh_token_source}. This is "
+                f"{await self._store_description()}.")
 
     async def _store_description(self) -> str:
         if not isinstance(self._store, DescribedTokenStore):
