@@ -10,7 +10,9 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from mailsync.report import verify as lib
-from mailsync.report.build import DriftFinding, build_report
+from mailsync.report.build import build_report
+from mailsync.report.model import DriftFinding
+from mailsync.report.render import markdown_summary
 from tasks.artifacts import publish_markdown, publish_table
 from tasks.context import build_context
 from tasks.sync import COMMON, retry_unless_config
@@ -53,7 +55,7 @@ def report(config_path: str | None, since: datetime | None = None,
     problems = rep.problem_records()
     rejected = [p for p in problems if p.get("status") == "rejected"]
     missed = [p for p in problems if p.get("status") != "rejected"]
-    markdown = rep.to_markdown_summary()
+    markdown = markdown_summary(rep)
     if verified:
         checked = sum(v.contacts_checked for v in verified)
         errors = [e for v in verified for e in v.errors]

@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mailsync.report.columns import STATUSES
+from mailsync.report.markdown import markdown_table
 from mailsync.store.models import WriteIntent, WriteStatus
 from mailsync.sync.runner import RunSummary
 
@@ -54,12 +56,6 @@ def problem_rows(engine: Engine, *, since: datetime | None = None,
     return rejected, missed
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return out
-
-
 def run_markdown(summary: RunSummary, rejected: int, missed: int,
                  flow_run_name: str | None = None) -> str:
     """The run's summary as markdown: campaigns fetched, writes applied, problems."""
@@ -69,17 +65,17 @@ def run_markdown(summary: RunSummary, rejected: int, missed: int,
         lines += [f"Flow run: `{flow_run_name}`", ""]
     if summary.campaigns:
         lines += ["## Campaigns", ""]
-        lines += _table(("campaign", "pages", "fetched", "new events", "quarantined",
-                         "writes planned", "page cap hit"),
-                        [(c.drop_id, c.pages, c.fetched, c.new_events, c.quarantined,
-                          c.planned, "yes" if c.capped else "") for c in summary.campaigns])
+        lines += markdown_table(("campaign", "pages", "fetched", "new events", "quarantined",
+                                 "writes planned", "page cap hit"),
+                                [(c.drop_id, c.pages, c.fetched, c.new_events, c.quarantined,
+                                  c.planned, "yes" if c.capped else "")
+                                 for c in summary.campaigns])
         lines.append("")
     if summary.locations:
-        statuses = ("done", "rejected", "failed", "unknown", "pending")
         lines += ["## Writes by location", ""]
-        lines += _table(("location", *statuses, "HTTP calls", "stopped"),
-                        [(loc.location_id, *(loc.outcomes.get(s, 0) for s in statuses),
-                          loc.calls, loc.stopped or "") for loc in summary.locations])
+        lines += markdown_table(("location", *STATUSES, "HTTP calls", "stopped"),
+                                [(loc.location_id, *(loc.outcomes.get(s, 0) for s in STATUSES),
+                                  loc.calls, loc.stopped or "") for loc in summary.locations])
         lines.append("")
     totals = summary.outcome_totals()
     lines += ["## Totals", "",

@@ -19,11 +19,13 @@ from mailsync.cli.options import (
     console,
     err_console,
     friendly_errors,
-    settings_from,
+    open_context,
 )
 from mailsync.config import ConfigError
-from mailsync.report.build import Report, build_report, write_report_files
+from mailsync.report.build import build_report
 from mailsync.report.columns import STATUSES
+from mailsync.report.model import Report
+from mailsync.report.render import write_report_files
 from mailsync.report.verify import VerifyResult, unstored_events, verify
 from mailsync.sync.context import SyncContext
 
@@ -65,12 +67,12 @@ def _counts_table(report: Report) -> Table:
 
 
 def _kinds_table(report: Report) -> Table:
-    first = report.problems.drop_duplicates("problem").set_index("problem")
+    actions = report.problem_actions()
     kinds = Table(title="problems by kind")
     for c in ("problem", "writes", "what to do"):
         kinds.add_column(c)
     for kind, n in report.problem_counts().items():
-        kinds.add_row(kind, str(n), str(first.loc[kind, "action"]))
+        kinds.add_row(kind, str(n), actions[kind])
     return kinds
 
 
@@ -161,7 +163,7 @@ def report_cmd(
     """Which writes were missed or rejected, why, and what to do: for support staff."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
-    ctx = SyncContext(settings_from(config))
+    ctx = open_context(config)
     start, end = parse_when(since), parse_when(until)
     drift, unstored = _live_checks(ctx, start, end, campaign, highlevel=check_highlevel,
                                    postalytics=check_postalytics)
@@ -200,7 +202,7 @@ def verify_cmd(
     ] = False,
 ) -> None:
     """Read back HighLevel: list tags and notes we wrote that are no longer there."""
-    ctx = SyncContext(settings_from(config))
+    ctx = open_context(config)
     result = asyncio.run(verify(ctx, since=parse_when(since), drop_ids=campaign, fix=fix))
     console.print(f"Checked {result.contacts_checked} contact(s).")
     if not result.drift:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from mailsync.report.build import STATUSES, Report, describe_filters
+from mailsync.report.columns import STATUSES
+from mailsync.report.model import Report, describe_filters
 
 # Bar colours by funnel stage; tests look for the journey colour in a screenshot.
 STAGE_COLOURS = {"journey": "#2b6cb0", "exception": "#dd6b20", "response": "#2f855a"}
@@ -110,11 +111,10 @@ def _charts(report: Report) -> str:
 def _problems(report: Report) -> str:
     if report.problems.empty:
         return '<p class="ok">No problem writes: everything planned was written.</p>'
-    counts = report.problem_counts()
-    first = report.problems.drop_duplicates("problem").set_index("problem")
+    actions = report.problem_actions()
     kinds = "".join(f'<tr><td class="kind">{escape(k)}</td><td class="n">{n}</td>'
-                    f"<td>{escape(str(first.loc[k, 'action']))}</td></tr>"
-                    for k, n in counts.items())
+                    f"<td>{escape(actions[k])}</td></tr>"
+                    for k, n in report.problem_counts().items())
     cols = ["campaign", "recipient", "email", "contact_id", "code", "kind",
             "status", "attempts", "last_http_status", "problem", "reason", "action",
             "first_attempt_at", "last_attempt_at"]

@@ -24,19 +24,24 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailsync.clients.highlevel import HighLevelAuthError, HighLevelClient
+from mailsync.clients.http import CallStatus, Outcome
+from mailsync.clients.postalytics import PostalyticsClient
 from mailsync.codes import tag_key
+from mailsync.config import CampaignConfig
 from mailsync.redact import redact
-from mailsync.report.build import DriftFinding, utc
-from mailsync.report.rules import DRIFT_REASON
+from mailsync.report.load import ReportScope, utc
+from mailsync.report.model import DriftFinding
+from mailsync.report.rules import DRIFT_DETAIL
 from mailsync.store.leases import hold_lease, worker_identity
 from mailsync.store.models import MailEvent, WriteIntent, WriteKind, WriteStatus, utcnow
+from mailsync.store.reasons import Reason
 from mailsync.sync.context import SyncContext
 from mailsync.sync.normalise import normalise
 from mailsync.sync.notes import has_marker
 
 log = logging.getLogger("mailsync.reconcile")
 
-GONE = "drift: the contact no longer exists in HighLevel"
+GONE = "the contact no longer exists in HighLevel"
 
 
 @dataclass
@@ -79,33 +84,95 @@ def _finding(r: WriteIntent, detail: str) -> DriftFinding:
                         kind=r.kind)
 
 
-async def _check_contact(hl: HighLevelClient, contact_id: str,
-                         rows: list[WriteIntent]) -> tuple[list[DriftFinding], str | None]:
-    """Drift on one contact, or an error when HighLevel could not be read."""
-    done_tags = [r for r in rows if r.kind == WriteKind.tag and r.status == WriteStatus.done]
+@dataclass(frozen=True)
+class _Expected:
+    """The done writes of one contact that HighLevel should still show."""
+
+    tags: list[WriteIntent]
+    notes: list[WriteIntent]
+
+    def all_gone(self) -> list[DriftFinding]:
+        """Every expected write as drift: the contact itself is gone."""
+        return [_finding(r, GONE) for r in self.tags + self.notes]
+
+
+def _expected(rows: list[WriteIntent]) -> _Expected:
+    """Done tags (unless a tag/untag row for the same tag is still open) and done notes."""
+    done = [r for r in rows if r.status == WriteStatus.done]
     # A tag with an open tag/untag row may be absent on purpose (retrigger half-way).
     unsettled = {tag_key(r.tag or "") for r in rows
                  if r.kind in (WriteKind.tag, WriteKind.untag) and r.status != WriteStatus.done}
-    done_tags = [r for r in done_tags if tag_key(r.tag or "") not in unsettled]
-    done_notes = [r for r in rows if r.kind == WriteKind.note and r.status == WriteStatus.done]
+    return _Expected(
+        tags=[r for r in done if r.kind == WriteKind.tag and tag_key(r.tag or "") not in unsettled],
+        notes=[r for r in done if r.kind == WriteKind.note])
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One read of a contact: what it holds, or that the contact is gone, or why it failed."""
+
+    values: list[str] = field(default_factory=list)
+    gone: bool = False
+    error: str | None = None
+
+
+def _is_gone(out: Outcome) -> bool:
+    return out.status == CallStatus.rejected and out.http_status == 404
+
+
+async def _read_tags(hl: HighLevelClient, contact_id: str) -> _Read:
+    """The contact's tags, compared as `tag_key`s."""
+    got = await hl.get_contact(contact_id)
+    if _is_gone(got):
+        return _Read(gone=True)
+    if got.status != CallStatus.ok or not isinstance(got.data, dict):
+        return _Read(error=f"contact {contact_id}: could not read it ({got.reason})")
+    return _Read(values=[tag_key(str(t)) for t in got.data.get("tags") or []])
+
+
+async def _read_notes(hl: HighLevelClient, contact_id: str) -> _Read:
+    """The bodies of the contact's notes."""
+    listing = await hl.list_notes(contact_id)
+    if _is_gone(listing):
+        return _Read(gone=True)
+    if listing.status != CallStatus.ok:
+        return _Read(error=f"contact {contact_id}: could not read its notes ({listing.reason})")
+    return _Read(values=[str(n.get("body") or "") for n in listing.data or []
+                         if isinstance(n, dict)])
+
+
+def _missing_tags(tags: list[WriteIntent], have: list[str]) -> list[DriftFinding]:
+    present = set(have)
+    return [_finding(r, DRIFT_DETAIL) for r in tags if tag_key(r.tag or "") not in present]
+
+
+def _missing_notes(notes: list[WriteIntent], bodies: list[str]) -> list[DriftFinding]:
+    return [_finding(r, DRIFT_DETAIL) for r in notes
+            if not any(has_marker(b, r.marker or "") for b in bodies)]
+
+
+async def _check_contact(hl: HighLevelClient, contact_id: str,
+                         rows: list[WriteIntent]) -> tuple[list[DriftFinding], str | None]:
+    """Drift on one contact, or an error when HighLevel could not be read.
+
+    Tags first: a contact that is gone is then known without listing its notes.
+    """
+    want = _expected(rows)
     found: list[DriftFinding] = []
-    if done_tags:
-        got = await hl.get_contact(contact_id)
-        if got.status == "rejected" and got.http_status == 404:
-            return [_finding(r, GONE) for r in done_tags + done_notes], None
-        if got.status != "ok" or not isinstance(got.data, dict):
-            return [], f"contact {contact_id}: could not read it ({got.reason})"
-        have = {tag_key(str(t)) for t in got.data.get("tags") or []}
-        found += [_finding(r, DRIFT_REASON) for r in done_tags if tag_key(r.tag or "") not in have]
-    if done_notes:
-        listing = await hl.list_notes(contact_id)
-        if listing.status == "rejected" and listing.http_status == 404:
-            return [_finding(r, GONE) for r in done_tags + done_notes], None
-        if listing.status != "ok":
-            return found, f"contact {contact_id}: could not read its notes ({listing.reason})"
-        bodies = [str(n.get("body") or "") for n in listing.data or [] if isinstance(n, dict)]
-        found += [_finding(r, DRIFT_REASON) for r in done_notes
-                  if not any(has_marker(b, r.marker or "") for b in bodies)]
+    if want.tags:
+        tags = await _read_tags(hl, contact_id)
+        if tags.gone:
+            return want.all_gone(), None
+        if tags.error:
+            return [], tags.error
+        found += _missing_tags(want.tags, tags.values)
+    if want.notes:
+        notes = await _read_notes(hl, contact_id)
+        if notes.gone:
+            return want.all_gone(), None
+        if notes.error:
+            return found, notes.error
+        found += _missing_notes(want.notes, notes.values)
     return found, None
 
 
@@ -162,38 +229,60 @@ def reopen(engine: Engine, findings: Sequence[DriftFinding]) -> int:
             res = s.execute(update(WriteIntent)
                             .where(col(WriteIntent.id).in_(ids),
                                    WriteIntent.status == WriteStatus.done)
-                            .values(status=WriteStatus.pending, reason=detail,
-                                    updated_at=utcnow()))
+                            .values(status=WriteStatus.pending, reason_code=Reason.drift,
+                                    reason=detail, updated_at=utcnow()))
             n += res.rowcount or 0  # type: ignore[attr-defined]
         s.commit()
     return n
+
+
+PAGE_SIZE = 100
+"""Events per Postalytics page read by `unstored_events`."""
+
+
+def _stored_keys(engine: Engine, keys: list[str]) -> set[str]:
+    with Session(engine) as s:
+        return set(s.exec(select(MailEvent.key).where(col(MailEvent.key).in_(keys))).all())
+
+
+def _unstored_item(drop_id: str, e: MailEvent) -> dict[str, Any]:
+    return {"drop_id": drop_id, "event_key": e.key, "code": e.code, "event_at": e.event_at,
+            "recipient": " ".join(p for p in (e.first_name, e.last_name) if p),
+            "email": e.email}
+
+
+def _readable(raws: list[Any], camp: CampaignConfig) -> list[MailEvent]:
+    """The page's events that normalise (the rest would be quarantined, never stored)."""
+    found = (normalise(r, camp.drop_id, camp.contact_id_field) for r in raws)
+    return [n.event for n in found if n.event is not None]
+
+
+async def _campaign_unstored(pa: PostalyticsClient, engine: Engine, camp: CampaignConfig,
+                             window: ReportScope, max_pages: int) -> list[dict[str, Any]]:
+    """One campaign's events at Postalytics inside the window that the store lacks."""
+    out: list[dict[str, Any]] = []
+    for page_no in range(1, max_pages + 1):
+        raws = await pa.events_page(camp.drop_id, page_no, PAGE_SIZE)
+        events = _readable(raws, camp)
+        inside = [e for e in events if window.covers(e.event_at)]
+        if inside:
+            known = _stored_keys(engine, [e.key for e in inside])
+            out += [_unstored_item(camp.drop_id, e) for e in inside if e.key not in known]
+        # Pages run newest first: a page wholly before the window ends the campaign.
+        before = window.since is not None and all(e.event_at < window.since for e in events)
+        if len(raws) < PAGE_SIZE or (events and before):
+            break
+    return out
 
 
 async def unstored_events(ctx: SyncContext, *, since: datetime | None = None,
                           until: datetime | None = None, drop_ids: Sequence[str] | None = None,
                           max_pages: int = 100) -> list[dict[str, Any]]:
     """Events Postalytics has in the window (by event date) that the store does not have."""
-    since, until = utc(since), utc(until)
+    window = ReportScope(None, utc(since), utc(until), None)
     campaigns = [c for c in ctx.settings.campaigns if not drop_ids or c.drop_id in drop_ids]
     out: list[dict[str, Any]] = []
     async with ctx.postalytics() as pa:
         for camp in campaigns:
-            for page_no in range(1, max_pages + 1):
-                raws = await pa.events_page(camp.drop_id, page_no, 100)
-                events = [n.event for n in (normalise(r, camp.drop_id, camp.contact_id_field)
-                                            for r in raws) if n.event is not None]
-                inside = [e for e in events if (since is None or e.event_at >= since)
-                          and (until is None or e.event_at <= until)]
-                if inside:
-                    with Session(ctx.engine) as s:
-                        known = set(s.exec(select(MailEvent.key).where(
-                            col(MailEvent.key).in_([e.key for e in inside]))).all())
-                    out += [{"drop_id": camp.drop_id, "event_key": e.key, "code": e.code,
-                             "event_at": e.event_at,
-                             "recipient": " ".join(p for p in (e.first_name, e.last_name) if p),
-                             "email": e.email} for e in inside if e.key not in known]
-                # Pages run newest first: a page wholly before the window ends the campaign.
-                if len(raws) < 100 or (since is not None and events
-                                       and all(e.event_at < since for e in events)):
-                    break
+            out += await _campaign_unstored(pa, ctx.engine, camp, window, max_pages)
     return out
