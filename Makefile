@@ -37,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) reports mailsync.db mailsync.db-wal mailsync.db-shm .pytest_cache
+	rm -rf $(VENV) reports mailsync.db mailsync.db-wal mailsync.db-shm mailsync.db-migrate.lock .pytest_cache

@@ -23,6 +23,7 @@ from prefect.tasks import Task
 from mailsync.clients.auth import AuthError
 from mailsync.config import ConfigError
 from mailsync.store import ledger
+from mailsync.store.engine import store_identity
 from mailsync.store.leases import worker_identity
 from mailsync.store.ledger import SYNC_STATUSES
 from mailsync.store.models import utcnow
@@ -67,6 +68,9 @@ def begin_run(config_path: str | None, kind: str, campaigns: Sequence[str] | Non
               dry_run: bool = False) -> RunPlan:
     """Check the config, record the run's start, and list its campaigns and locations."""
     ctx = build_context(config_path)
+    # Which store this run writes to is never a surprise: a relative path or a second
+    # deployment would otherwise open another store silently.
+    get_run_logger().info("store: %s", store_identity(ctx.settings.database.url).describe())
     chosen = runner.select_campaigns(ctx, list(campaigns) if campaigns else None)
     started = utcnow()
     run_id = runner.start_run(ctx, kind, dry_run)

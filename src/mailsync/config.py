@@ -265,17 +265,42 @@ def load_settings(
             raise ConfigError(f"{source}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    base = Path(chosen).resolve().parent if chosen is not None else Path.cwd()
+    _anchor_database(data, base, source)
     for var, (section, key) in ENV_OVERRIDES.items():
         if env.get(var):
             sect = data.setdefault(section, {})
             if not isinstance(sect, dict):
                 raise ConfigError(f"{source}: {section}: must be a table")
-            sect[key] = env[var]
+            # A URL from the environment is the caller's own: relative to where it runs.
+            sect[key] = anchor_sqlite_url(env[var], Path.cwd()) if key == "url" else env[var]
     data["source"] = source
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(source, exc)) from None
+
+
+def anchor_sqlite_url(url: str, base: Path) -> str:
+    """A SQLite URL whose relative path is made absolute against `base`; others unchanged."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/"):
+        return url
+    path, sep, query = url[len(prefix):].partition("?")
+    if not path or path == ":memory:":
+        return url
+    return f"{prefix}{(base / path).resolve()}{sep}{query}"
+
+
+def _anchor_database(data: dict[str, Any], base: Path, source: str) -> None:
+    """The file's relative SQLite path names a file beside the config, wherever mailsync runs
+    (a Prefect worker's pull step changes the working directory)."""
+    section = data.setdefault("database", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: database: must be a table")
+    url = section.get("url", DEFAULT_DATABASE_URL)
+    if isinstance(url, str):
+        section["url"] = anchor_sqlite_url(url, base)
 
 
 SecretResolver = Callable[[SecretRef], str]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mailsync.cli.options import ConfigOpt, console, friendly_errors, settings_from
 from mailsync.codes import MAIL_CODES
 from mailsync.config import Settings
-from mailsync.store.engine import safe_url
+from mailsync.store.engine import existing_identity, safe_url
 
 config_app = typer.Typer(no_args_is_help=True, help="The configuration file.")
 
@@ -44,7 +45,10 @@ def config_check(config: ConfigOpt = None) -> None:
     settings = settings_from(config)
     pa = settings.postalytics
     console.print(f"[bold]{settings.source}[/bold] is valid.")
-    console.print(f"Database: {safe_url(settings.database.url)}")
+    found = existing_identity(settings.database.url)
+    console.print(f"Store: {escape(found.describe())}" if found else
+                  f"Store: {escape(safe_url(settings.database.url))} (not created yet: the "
+                  "first sync or `mailsync db upgrade` creates it)", soft_wrap=True)
     console.print(f"Postalytics account {pa.account!r} at {pa.base_url}, "
                   f"API key from {pa.api_key.describe()}")
     console.print(f"HighLevel at {settings.highlevel.base_url}")

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from mailsync.config import ConfigError, Settings, load_settings
+from mailsync.store.engine import store_identity
+from mailsync.sync.context import SyncContext
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,3 +47,16 @@ def friendly_errors(func: F) -> F:
 def settings_from(config: Path | None) -> Settings:
     """Load the settings for a command."""
     return load_settings(config)
+
+
+def announce_store(url: str) -> None:
+    """Say on stderr which store this command opened: its URL and the id created with it."""
+    err_console.print(f"store: {escape(store_identity(url).describe())}", highlight=False,
+                      soft_wrap=True)
+
+
+def open_context(config: Path | None) -> SyncContext:
+    """The settings and store a command works with, saying which store it opened."""
+    ctx = SyncContext(settings_from(config))
+    announce_store(ctx.settings.database.url)
+    return ctx

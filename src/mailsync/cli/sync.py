@@ -24,7 +24,7 @@ from mailsync.cli.options import (
     console,
     err_console,
     friendly_errors,
-    settings_from,
+    open_context,
 )
 from mailsync.config import ConfigError
 from mailsync.report.columns import STATUS_ORDER, STATUSES
@@ -128,7 +128,7 @@ def sync_cmd(
     max_pages: Annotated[int | None, typer.Option(help="Page cap per campaign this run.")] = None,
 ) -> None:
     """Fetch new Postalytics events and write them to HighLevel as tags and notes."""
-    ctx = SyncContext(settings_from(config))
+    ctx = open_context(config)
     summary = run_with_progress(ctx, "sync", drop_ids=campaign, dry_run=dry_run,
                                 lookback_hours=lookback_hours, max_pages=max_pages)
     print_summary(summary)
@@ -146,7 +146,7 @@ def replay_cmd(
         help="Only writes planned at or after this time (UTC).")] = None,
 ) -> None:
     """Re-resolve contacts and re-send every write that is not done (after fixing the cause)."""
-    ctx = SyncContext(settings_from(config))
+    ctx = open_context(config)
     statuses = [s.strip() for s in status.split(",") if s.strip()]
     try:
         summary = run_with_progress(ctx, "replay", statuses=statuses, drop_ids=campaign,

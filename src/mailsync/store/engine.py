@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -13,8 +15,8 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 
@@ -102,24 +104,76 @@ def current_revision(url: str) -> str | None:
 
 
 def upgrade_database(url: str) -> tuple[str | None, str | None]:
-    """Run every pending migration; returns (revision before, revision after)."""
+    """Run every pending migration; returns (revision before, revision after).
+
+    Safe when many processes start on a fresh store at once: one migrates, the others wait
+    for it and then find the schema current.
+    """
     url = normalise_url(url)
-    before = current_revision(url)
-    cfg = _alembic_config(url)
-    try:
-        with _engine(url).begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Several workers may start on a fresh database at once: one migrates, the
-                # others wait here and then find the schema current.
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-    except OperationalError:
-        # SQLite has no advisory lock: a concurrent first use may have migrated meanwhile.
-        if current_revision(url) != head_revision():
-            raise
+    with _sqlite_migration_lock(url):
+        before = current_revision(url)
+        if before != head_revision():
+            cfg = _alembic_config(url)
+            with _engine(url).begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                                 {"k": _MIGRATION_LOCK})
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
     _upgraded.add(url)
     return before, current_revision(url)
+
+
+@contextmanager
+def _sqlite_migration_lock(url: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite file for the length of a migration: SQLite has no
+    advisory lock, and two first uses would both try to create the tables."""
+    database = make_url(url).database
+    if make_url(url).get_backend_name() != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    lock = Path(f"{database}-migrate.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    """Which store a run uses: its URL (password hidden) and the id created with it."""
+
+    url: str
+    store_id: str
+    created_at: str
+
+    def describe(self) -> str:
+        """`<url> (store <id>, created <date>)`, for the line every command prints."""
+        return f"{self.url} (store {self.store_id}, created {self.created_at[:10]})"
+
+
+def store_identity(url: str) -> StoreIdentity:
+    """The identity of the store at `url`, bringing its schema up to date first."""
+    get_engine(url)
+    found = existing_identity(url)
+    assert found is not None  # the upgrade created it
+    return found
+
+
+def existing_identity(url: str) -> StoreIdentity | None:
+    """The identity of the store at `url` if it exists and is migrated; never creates it."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return None
+    with _engine(url).connect() as conn:
+        if not sa_inspect(conn).has_table("store_meta"):
+            return None
+        meta = dict(conn.execute(text("SELECT key, value FROM store_meta")).tuples().all())
+    return StoreIdentity(safe_url(url), meta.get("store_id", "?"), meta.get("created_at", "?"))
 
 
 @contextmanager
