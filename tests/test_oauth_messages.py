@@ -123,6 +123,7 @@ def test_the_same_message_through_a_write_that_needs_a_refresh(db_url: str) -> N
     assert isinstance(info.value.__cause__, TokenRefreshError)
     assert info.value.__cause__.kind is RefreshFailure.grant_refused
     assert info.value.http_status == 400
+    assert info.value.refresh_failure is RefreshFailure.grant_refused
     assert_one_clear_line(str(info.value), NAME, LOC, store_id, "re-authorise", "invalid_grant")
 
 

@@ -18,6 +18,7 @@ import httpx
 from mailsync.clients.auth import (
     AuthError,
     HighLevelAuth,
+    RefreshFailure,
     StaticTokenAuth,
     TokenRefreshError,
     location_label,
@@ -38,11 +39,14 @@ class HighLevelError(Exception):
 class HighLevelAuthError(HighLevelError, AuthError):
     """The location's token was refused (after one refresh, for OAuth), or no token could
     be had (the OAuth refresh failed). Fatal for the location. `http_status` is the refusing
-    answer's status, when there was one."""
+    answer's status, when there was one; `refresh_failure` says why a refresh failed (None
+    when the API refused the token itself)."""
 
-    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+    def __init__(self, message: str, *, http_status: int | None = None,
+                 refresh_failure: RefreshFailure | None = None) -> None:
         super().__init__(message)
         self.http_status = http_status
+        self.refresh_failure = refresh_failure
 
 
 def _contact_path(contact_id: str, suffix: str = "") -> str:
@@ -155,7 +159,8 @@ class HighLevelClient(ApiClient):
         if isinstance(exc, HighLevelAuthError):
             return exc
         if isinstance(exc, TokenRefreshError):
-            return HighLevelAuthError(str(exc), http_status=exc.http_status)
+            return HighLevelAuthError(str(exc), http_status=exc.http_status,
+                                      refresh_failure=exc.kind)
         return HighLevelAuthError(redact(f"{self.subject}: {exc}"))
 
     async def _reauthorize(self, response: httpx.Response) -> bool:

@@ -398,10 +398,10 @@ class ApiClient:
             return Outcome(status=CallStatus.unknown, attempts=attempt.number,
                            reason=f"sent, but no answer ({self._problem(attempt)}): it may or "
                            "may not have taken effect")
-        described = describe_status(response, self.service)
         if verdict is AttemptVerdict.ok:
             return Outcome(status=CallStatus.ok, http_status=response.status_code, reason="ok",
                            data=parse_body(response), attempts=attempt.number)
+        described = describe_status(response, self.service)
         if verdict is AttemptVerdict.unknown:
             return Outcome(status=CallStatus.unknown, http_status=response.status_code,
                            attempts=attempt.number,
