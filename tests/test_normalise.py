@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailsync.sync.normalise import normalise
+from mailsync.store.models import MailEvent
+from mailsync.store.reasons import QuarantineReason
+from mailsync.sync.normalise import clean_text, normalise
 
 GOOD = {"EventId": "a1b2", "Event": "Processed for Delivery",
         "EventDate": "2026-11-20T14:03:00Z", "ExpectedDeliveryDate": "2026-11-21",
@@ -77,10 +79,62 @@ def test_bad_events_are_quarantined_with_their_reason(raw: object, reason: str):
     assert n.quarantine.drop_id == "100"
     assert json.loads(n.quarantine.payload) == raw
     assert n.quarantine.fingerprint == normalise(raw, "100").quarantine.fingerprint
+    expected = (QuarantineReason.unknown_code if "unknown event label" in reason
+                else QuarantineReason.bad_event)
+    assert n.quarantine.reason_code == expected
 
 
+def test_clean_text_drops_control_characters_and_replaces_lone_surrogates():
+    assert clean_text("Ada Byrne\tof\nBoston") == "Ada Byrne\tof\nBoston"  # untouched
+    assert clean_text("By\x00r\x07n\x1be\r") == "Byrne"
+    assert clean_text("Ad\ud800a \udfff") == "Ad\ufffda \ufffd"
+    assert clean_text("caf\u00e9 \U0001f600") == "caf\u00e9 \U0001f600"  # real text stays
+
+
+TEXT_FIELDS = ("key", "recipient_key", "code", "expected_delivery", "url", "first_name",
+               "last_name", "email", "phone", "carried_contact_id")
+
+
+def assert_storable(text: str | None) -> None:
+    """Text both PostgreSQL and the drivers take: encodable UTF-8, no NUL."""
+    if text is not None:
+        text.encode("utf-8")
+        assert "\x00" not in text
+
+
+def test_text_a_database_cannot_hold_is_cleaned_in_every_field():
+    # Valid JSON, as Postalytics could send it: lone surrogates and NULs everywhere.
+    raw = json.loads(json.dumps({
+        **GOOD, "EventId": "a1\u0000b2", "Event": "Processed for Delivery\u0000",
+        "ExpectedDeliveryDate": "2026-11-21\u0000", "DataId": "88\ud800123",
+        "FirstName": "Ad\ud800a", "LastName": "By\u0000rne", "Email": "ada\u0000@example.com",
+        "Phone": "+1555\u00005550123", "VarFields": {"var_field_1": "hl\udc00_1"},
+        "Metadata": {"Url": "https://go.example.com/\ud800\u0000a"}}))
+    e = normalise(raw, "100", "var_field_1").event
+    assert e is not None
+    for name in TEXT_FIELDS:
+        assert_storable(getattr(e, name))
+    assert (e.key, e.code, e.recipient_key) == ("e:100:a1b2", "ProcessedForDelivery",
+                                                "d:88\ufffd123")
+    assert (e.first_name, e.last_name, e.email, e.phone) == (
+        "Ad\ufffda", "Byrne", "ada@example.com", "+15555550123")
+    assert (e.expected_delivery, e.carried_contact_id, e.url) == (
+        "2026-11-21", "hl\ufffd_1", "https://go.example.com/\ufffda")
+
+
+def test_a_quarantined_payload_is_storable_and_gives_back_the_raw_event():
+    raw = {**GOOD, "Event": "Tele\ud800port\u0000ed"}
+    q = normalise(raw, "100").quarantine
+    assert q is not None and q.reason_code == QuarantineReason.unknown_code
+    assert q.payload.isascii() and json.loads(q.payload) == raw
+    assert_storable(q.reason)
+
+
+# Any text JSON can carry, lone surrogates and control characters included.
+any_text = st.text(st.characters(codec=None, categories=["Cs", "Cc", "L", "N", "P", "Z"]),
+                   max_size=30)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12),
                                                                       children, max_size=6),
     max_leaves=20)
@@ -95,8 +149,15 @@ def test_fuzz_any_input_is_an_event_or_quarantined_never_a_crash(raw: object):
     n = normalise(raw, "100", "var_field_1")
     assert (n.event is None) != (n.quarantine is None)
     if n.quarantine is not None:
-        assert n.quarantine.reason
+        assert n.quarantine.reason and n.quarantine.reason_code in set(QuarantineReason)
         assert len(n.quarantine.fingerprint) <= 80
+        assert n.quarantine.payload.isascii()
+        assert_storable(n.quarantine.reason)
     else:
         assert n.event.event_at.tzinfo is not None
         assert len(n.event.key) <= 80
+        for name in TEXT_FIELDS:
+            value = getattr(n.event, name)
+            assert_storable(value)
+            limit = getattr(MailEvent.__table__.c[name].type, "length", None)
+            assert limit is None or value is None or len(value) <= limit

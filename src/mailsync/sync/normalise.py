@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from mailsync.codes import EventCode, UnknownEventLabel, parse_code
 from mailsync.store.models import MailEvent, QuarantinedEvent, detached
+from mailsync.store.reasons import QuarantineReason
 
 # Folded key (lower case, no underscores or dashes) → our field. First match wins.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
@@ -38,6 +40,22 @@ MAX_LEN = {"event_id": 64, "recipient_id": 64, "first_name": 255, "last_name": 2
            "email": 320, "phone": 64, "expected_delivery": 32, "url": 2048,
            "carried_contact_id": 255, "label": 64}
 MAX_PAYLOAD_CHARS = 20000
+
+# What a database cannot hold in text: PostgreSQL refuses NUL, and neither driver can encode a
+# lone UTF-16 surrogate ("\ud800" is valid JSON). Other C0 controls are noise in a name.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b-\x1f\ud800-\udfff]")
+
+
+def _replace_unstorable(match: re.Match[str]) -> str:
+    return "\ufffd" if match.group() >= "\ud800" else ""
+
+
+def clean_text(text: str) -> str:
+    """Text any store can hold: C0 controls but tab and newline dropped, lone surrogates
+    made U+FFFD (json.loads has already joined the valid pairs)."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return _UNSTORABLE.sub(_replace_unstorable, text)
 
 
 class BadEvent(ValueError):
@@ -82,7 +100,7 @@ def _text(field: str, value: Any, *, required: bool = False) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise BadEvent(f"{field} has the wrong type ({type(value).__name__})")
-    text = str(value).strip()
+    text = clean_text(str(value)).strip()
     limit = MAX_LEN.get(field)
     if limit is not None and len(text) > limit:
         raise BadEvent(f"{field} is {len(text)} characters long (at most {limit})")
@@ -127,8 +145,7 @@ def recipient_key(recipient_id: str | None, email: str | None, phone: str | None
     return "h:" + short_hash((email or "").casefold(), phone, first, last, length=40)
 
 
-def payload_text(raw: object) -> str:
-    """The raw payload as stored in quarantine (canonical JSON, capped in size)."""
+def _canonical(raw: object) -> str:
     try:
         text = json.dumps(raw, sort_keys=True, default=repr, ensure_ascii=False)
     except (TypeError, ValueError):
@@ -138,22 +155,45 @@ def payload_text(raw: object) -> str:
     return text
 
 
+def payload_text(raw: object) -> str:
+    """The raw payload as stored in quarantine: canonical JSON, capped in size, and ASCII so
+    that any store can hold it (a lone surrogate or a NUL becomes its JSON escape)."""
+    try:
+        text = json.dumps(raw, sort_keys=True, default=repr, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(raw)
+    if len(text) > MAX_PAYLOAD_CHARS:
+        text = text[:MAX_PAYLOAD_CHARS] + f"... [{len(text) - MAX_PAYLOAD_CHARS} more chars]"
+    return clean_text(text)
+
+
+def fingerprint(raw: object, drop_id: str) -> str:
+    """The quarantine key of a raw event: the same payload served again is the same row."""
+    # Hashed from the unescaped JSON, as before payloads were stored ASCII-only, so rows
+    # quarantined by earlier versions keep their keys.
+    return "q:" + short_hash(drop_id, _canonical(raw), length=40)
+
+
+def quarantined(raw: object, drop_id: str, reason: QuarantineReason, detail: str,
+                run_id: str | None = None) -> QuarantinedEvent:
+    """The quarantine row for a raw event, with its reason code and details."""
+    return detached(QuarantinedEvent, fingerprint=fingerprint(raw, drop_id), drop_id=drop_id,
+                    payload=payload_text(raw), reason=clean_text(detail), reason_code=reason,
+                    run_id=run_id)
+
+
 def normalise(raw: object, drop_id: str, contact_id_field: str | None = None,
               run_id: str | None = None) -> Normalised:
     """Turn one raw event into a MailEvent, or into a QuarantinedEvent with the reason."""
     try:
         return Normalised(event=_to_event(raw, drop_id, contact_id_field, run_id))
     except BadEvent as exc:
-        reason = str(exc)
+        code, detail = QuarantineReason.bad_event, str(exc)
     except UnknownEventLabel as exc:
-        reason = str(exc)
+        code, detail = QuarantineReason.unknown_code, str(exc)
     except Exception as exc:  # never a crash on bad input: keep it with the reason
-        reason = f"unreadable event ({exc.__class__.__name__})"
-    payload = payload_text(raw)
-    return Normalised(quarantine=detached(
-        QuarantinedEvent,
-        fingerprint="q:" + short_hash(drop_id, payload, length=40), drop_id=drop_id,
-        payload=payload, reason=reason, run_id=run_id))
+        code, detail = QuarantineReason.bad_event, f"unreadable event ({exc.__class__.__name__})"
+    return Normalised(quarantine=quarantined(raw, drop_id, code, detail, run_id))
 
 
 def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
@@ -170,8 +210,10 @@ def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
     label = _pick(top, "label")
     if label is None:
         raise BadEvent("missing event label")
-    if isinstance(label, str) and len(label) > MAX_LEN["label"]:
-        raise BadEvent(f"event label is {len(label)} characters long")
+    if isinstance(label, str):
+        label = clean_text(label)
+        if len(label) > MAX_LEN["label"]:
+            raise BadEvent(f"event label is {len(label)} characters long")
     code = parse_code(label)
     if code in (EventCode.NONE,):
         raise BadEvent("status None: not a mail event")
