@@ -1,13 +1,26 @@
-"""The few writes everything shares: insert-if-new, which both databases do atomically."""
+"""The few writes everything shares: insert-if-new, which both databases do atomically, and
+a batch written in a savepoint that falls back to one savepoint per row when a row is refused.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlmodel import Session, SQLModel
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def insert_ignore(
@@ -38,3 +51,71 @@ def insert_ignore(
     # actually inserted on both databases (psycopg's rowcount is -1 here).
     stmt = ins(table).on_conflict_do_nothing(index_elements=cols).returning(out)
     return list(session.execute(stmt, rows).scalars().all())
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A savepoint nested in the session's transaction, on both databases.
+
+    pysqlite begins its own transaction only before an INSERT or UPDATE, so a SAVEPOINT sent
+    first would start one by itself and releasing it would commit: a dry run's rollback would
+    then undo nothing (SQLAlchemy documents this pysqlite flaw). So BEGIN is sent first.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        driver = conn.connection.driver_connection
+        if driver is not None and not driver.in_transaction:
+            conn.exec_driver_sql("BEGIN")
+    with session.begin_nested():
+        yield
+
+
+def refused_by_row(exc: BaseException) -> bool:
+    """Whether a write failed because of the rows it wrote (their data, a constraint), rather
+    than the connection, a lock or a timeout, which another try may get past."""
+    if isinstance(exc, UnicodeError):  # the driver could not encode a text value
+        return True
+    if isinstance(exc, DBAPIError):
+        return not exc.connection_invalidated and not isinstance(
+            exc, OperationalError | InterfaceError)
+    return isinstance(exc, StatementError)  # a value a column type could not bind
+
+
+def error_line(exc: BaseException) -> str:
+    """The database's own one-line error, without the statement or its parameters."""
+    orig = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+def write_isolating(session: Session, items: Sequence[T], write: Callable[[Sequence[T]], R]
+                    ) -> tuple[list[R], list[tuple[T, str]]]:
+    """Run `write(items)` in a savepoint; if the database refuses it, run `write([item])` per
+    item, each in its own savepoint, so one refused row never blocks the others.
+
+    Returns the results of the writes that held, and each refused item with the database's
+    one-line error. Errors that are not the rows' fault are raised.
+    """
+    if not items:
+        return [], []
+    try:
+        with savepoint(session):
+            return [write(items)], []
+    except (SQLAlchemyError, UnicodeError) as exc:
+        if not refused_by_row(exc):
+            raise
+        if len(items) == 1:
+            return [], [(items[0], error_line(exc))]
+    done: list[R] = []
+    refused: list[tuple[T, str]] = []
+    for item in items:
+        try:
+            with savepoint(session):
+                out = write([item])
+        except (SQLAlchemyError, UnicodeError) as exc:
+            if not refused_by_row(exc):
+                raise
+            refused.append((item, error_line(exc)))
+        else:
+            done.append(out)
+    return done, refused
