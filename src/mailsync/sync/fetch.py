@@ -1,36 +1,50 @@
 """Incremental fetch of one campaign: page, normalise, diff and plan, a transaction per page.
 
 Postalytics' events endpoint has no cursor and no "since" filter; it pages by offset, newest
-first. So a run pages from the top until a whole page is already stored *and* older than the
-lookback window (the cursor minus `lookback_hours`), or the pages end. Events that arrive
-while paging push the pages down: a page may repeat events (harmless: keys are
-deterministic), and the new ones sit on page 1, which a closing re-scan of the top collects.
-A page cap bounds one run; the next run skips the known top and continues where it stopped.
+first. Three parts, in the manner of dlt's incremental cursor and singer-sdk's paginators:
+the campaign's bookmark (`store.bookmark`: the cursor, a lookback before it, where a capped
+walk stopped), loaded before the walk and saved after it; a pure page walker
+(`sync.walker`) that decides the next page from what each page held; and here, one
+transaction per page holding its new events, quarantine rows and ledger rows (rolled back in
+a dry run), so a crash loses nothing and repeats nothing.
+
+Within a page one bad record never blocks another: text a database cannot hold is cleaned
+in normalisation, and a row the database still refuses is quarantined alone (`unstorable`)
+while the rest of its page is stored. An event id served again with another code, date or
+recipient is quarantined (`id_reused`), once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailsync.config import CampaignConfig
-from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, utcnow
-from mailsync.store.ops import insert_ignore
+from mailsync.store.bookmark import load_bookmark, save_bookmark
+from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, WriteIntent
+from mailsync.store.ops import insert_ignore, write_isolating
+from mailsync.store.reasons import QuarantineReason
 from mailsync.sync import failpoints
-from mailsync.sync.normalise import Normalised, normalise
+from mailsync.sync.normalise import fingerprint, normalise, quarantined
 from mailsync.sync.plan import plan_writes
+from mailsync.sync.walker import PAGE_SIZE, PageSeen, PageWalker, Stop
+
+__all__ = ["PAGE_SIZE", "CampaignResult", "FetchPage", "end_transaction", "fetch_campaign"]
 
 log = logging.getLogger("mailsync.fetch")
 
-PAGE_SIZE = 100
 FetchPage = Callable[[int, int], Awaitable[list[Any]]]
 """(page_number, page_size) → raw events of that page, newest first."""
+
+Identity = tuple[str, datetime, str]
+"""What an event id must keep meaning: its code, time and recipient."""
 
 
 @dataclass
@@ -45,63 +59,172 @@ class CampaignResult:
     planned: int = 0
     capped: bool = False
     planned_by_kind: dict[str, int] = field(default_factory=dict)
+    stopped: Stop | None = None
+    """Why the walk over the events stopped."""
 
 
 @dataclass
-class _Page:
-    raw_count: int
-    all_known: bool
-    all_old: bool
-    new_events: int
+class _Memo:
+    """What this run has read and stored. A dry run rolls every page back, so the store
+    alone cannot tell it what it has already counted."""
+
+    events: dict[str, Identity] = field(default_factory=dict)
+    quarantined: set[str] = field(default_factory=set)
+    intents: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+    """Every item key read: one read again means the pages shifted under new arrivals."""
+    unstorable: set[str] = field(default_factory=set)
+    """Fingerprints of events the database refused, in this run or an earlier one."""
 
 
-def _store_page(session: Session, raws: list[Any], campaign: CampaignConfig,
-                run_id: str | None, cutoff: datetime | None, result: CampaignResult,
-                seen: set[str]) -> _Page:
-    """Store one page's new events, quarantine and ledger rows in the session.
+@dataclass(frozen=True)
+class _Scope:
+    campaign: CampaignConfig
+    run_id: str | None
+    cutoff: datetime | None
+    memo: _Memo
 
-    `seen` holds the keys (events, quarantine, intents) stored earlier in this run: a dry run
-    rolls every page back, so the database alone cannot tell it what it has already counted.
+
+@dataclass(frozen=True)
+class _Written:
+    new: list[MailEvent]
+    planned: list[WriteIntent]
+
+
+def end_transaction(session: Session, dry_run: bool) -> None:
+    """End a page's transaction: commit it, or roll it back in a dry run.
+
+    A dry run ends every page's transaction too: one held open across the HTTP calls would
+    block every other writer of a SQLite store.
     """
-    items: list[Normalised] = [normalise(r, campaign.drop_id, campaign.contact_id_field, run_id)
-                               for r in raws]
-    events = {n.event.key: n.event for n in items if n.event is not None}
-    quarantined = {n.quarantine.fingerprint: n.quarantine for n in items
-                   if n.quarantine is not None}
-    known = set(session.exec(select(MailEvent.key).where(
-        col(MailEvent.key).in_(list(events)))).all()) if events else set()
-    known |= set(session.exec(select(QuarantinedEvent.fingerprint).where(
-        col(QuarantinedEvent.fingerprint).in_(list(quarantined))))) if quarantined else set()
-    known |= seen & (set(events) | set(quarantined))
+    if dry_run:
+        session.rollback()
+    else:
+        session.commit()
 
-    inserted = set(insert_ignore(session, list(events.values()))) - seen
-    new = [e for k, e in events.items() if k in inserted]
-    rows = plan_writes(new, campaign, run_id)
-    planned = set(insert_ignore(session, rows, returning="intent_key")) - seen
-    result.quarantined += len(set(insert_ignore(session, list(quarantined.values()))) - seen)
-    seen |= inserted | planned | set(quarantined)
-    result.new_events += len(new)
-    result.planned += len(planned)
-    for row in rows:
-        if row.intent_key in planned:
+
+def _identity(event: MailEvent) -> Identity:
+    return (event.code, event.event_at, event.recipient_key)
+
+
+def _differences(stored: Identity, served: MailEvent) -> str:
+    names = ("code", "date", "recipient")
+    pairs = zip(names, stored, _identity(served), strict=True)
+    changed = [f"{name} stored {_shown(old)}, served {_shown(new)}"
+               for name, old, new in pairs if old != new]
+    return f"event {served.key}: " + "; ".join(changed)
+
+
+def _shown(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _stored_identities(session: Session, keys: list[str], memo: _Memo) -> dict[str, Identity]:
+    found = {k: memo.events[k] for k in keys if k in memo.events}
+    ask = [k for k in keys if k not in found]
+    if ask:
+        rows = session.exec(select(MailEvent.key, MailEvent.code, MailEvent.event_at,
+                                   MailEvent.recipient_key)
+                            .where(col(MailEvent.key).in_(ask))).all()
+        found.update({key: (code, at, rkey) for key, code, at, rkey in rows})
+    return found
+
+
+def _sort_page(session: Session, items: list[tuple[object, MailEvent]], scope: _Scope
+               ) -> tuple[list[tuple[object, MailEvent]], list[QuarantinedEvent]]:
+    """The page's events not stored yet, and the quarantine rows for ids served again with
+    other content (compared with the stored event, or the first on the page)."""
+    drop_id, memo = scope.campaign.drop_id, scope.memo
+    by_key: dict[str, list[tuple[object, MailEvent]]] = {}
+    for raw, event in items:
+        by_key.setdefault(event.key, []).append((raw, event))
+    stored = _stored_identities(session, list(by_key), memo)
+    fresh: list[tuple[object, MailEvent]] = []
+    reused: list[QuarantinedEvent] = []
+    for key, seen in by_key.items():
+        reference = stored.get(key)
+        if reference is None:
+            raw, event = seen[0]
+            reference = _identity(event)
+            # Refused by the database before: retrying would fail the page's batch every run.
+            if not (memo.unstorable and fingerprint(raw, drop_id) in memo.unstorable):
+                fresh.append((raw, event))
+        reused += [quarantined(raw, drop_id, QuarantineReason.id_reused,
+                               _differences(reference, event), scope.run_id)
+                   for raw, event in seen if _identity(event) != reference]
+    return fresh, reused
+
+
+def _write_events(session: Session, scope: _Scope, items: Sequence[tuple[object, MailEvent]]
+                  ) -> _Written:
+    """Insert new events and the ledger rows they cause."""
+    events = [event for _, event in items]
+    inserted = set(insert_ignore(session, events))
+    new = [e for e in events if e.key in inserted]
+    rows = plan_writes(new, scope.campaign, scope.run_id)
+    planned = set(insert_ignore(session, rows, returning="intent_key"))
+    unique = {r.intent_key: r for r in reversed(rows) if r.intent_key in planned}
+    return _Written(new, list(unique.values()))
+
+
+def _insert_quarantine(session: Session, rows: list[QuarantinedEvent], memo: _Memo) -> int:
+    fresh = {q.fingerprint: q for q in rows if q.fingerprint not in memo.quarantined}
+    inserted = insert_ignore(session, list(fresh.values()))
+    memo.quarantined |= set(fresh)
+    return len(inserted)
+
+
+def _tally(written: list[_Written], memo: _Memo, result: CampaignResult) -> int:
+    new_events = 0
+    for w in written:
+        new_events += len(w.new)
+        memo.events.update((e.key, _identity(e)) for e in w.new)
+        for row in w.planned:
+            if row.intent_key in memo.intents:
+                continue
+            memo.intents.add(row.intent_key)
+            result.planned += 1
             result.planned_by_kind[row.kind] = result.planned_by_kind.get(row.kind, 0) + 1
-    if events:
-        newest = max(e.event_at for e in events.values())
-        camp = session.get(Campaign, campaign.drop_id) or _ensure_campaign(session, campaign)
-        if camp.newest_event_at is None or newest > camp.newest_event_at:
-            camp.newest_event_at = newest
-            session.add(camp)
-    all_known = all(n.key in known for n in items)
-    all_old = cutoff is not None and all(e.event_at < cutoff for e in events.values())
-    return _Page(len(raws), all_known, all_old, len(new))
+    result.new_events += new_events
+    return new_events
 
 
-def _ensure_campaign(session: Session, campaign: CampaignConfig) -> Campaign:
-    insert_ignore(session, [Campaign(drop_id=campaign.drop_id, name=campaign.name,
-                                     country=campaign.country, location_id=campaign.location)])
-    camp = session.get(Campaign, campaign.drop_id)
-    assert camp is not None
-    return camp
+def _store_page(session: Session, raws: list[Any], scope: _Scope,
+                result: CampaignResult) -> PageSeen:
+    """Store one page's new events, quarantine and ledger rows in the session."""
+    campaign, memo = scope.campaign, scope.memo
+    normalised = [(raw, normalise(raw, campaign.drop_id, campaign.contact_id_field,
+                                  scope.run_id)) for raw in raws]
+    keys = [n.key for _, n in normalised]
+    repeats = sum(1 for k in keys if k in memo.read)
+    memo.read.update(keys)
+    events = [(raw, n.event) for raw, n in normalised if n.event is not None]
+    fresh, quarantine = _sort_page(session, events, scope)
+    quarantine += [n.quarantine for _, n in normalised if n.quarantine is not None]
+
+    written, refused = write_isolating(session, fresh, partial(_write_events, session, scope))
+    for (raw, event), error in refused:
+        log.warning("campaign %s: the database refused event %s; quarantined",
+                    campaign.drop_id, event.key)
+        row = quarantined(raw, campaign.drop_id, QuarantineReason.unstorable, error,
+                          scope.run_id)
+        memo.unstorable.add(row.fingerprint)
+        quarantine.append(row)
+    new_quarantine = _insert_quarantine(session, quarantine, memo)
+    result.quarantined += new_quarantine
+    new_events = _tally(written, memo, result)
+
+    cutoff = scope.cutoff
+    return PageSeen(
+        raw_count=len(raws), new_events=new_events, repeats=repeats,
+        all_known=not fresh and new_quarantine == 0,
+        ends_old=cutoff is not None and bool(events) and events[-1][1].event_at < cutoff)
+
+
+def _unstorable(session: Session, drop_id: str) -> set[str]:
+    return set(session.exec(select(QuarantinedEvent.fingerprint).where(
+        QuarantinedEvent.drop_id == drop_id,
+        QuarantinedEvent.reason_code == QuarantineReason.unstorable)).all())
 
 
 async def fetch_campaign(
@@ -112,84 +235,34 @@ async def fetch_campaign(
 ) -> CampaignResult:
     """Fetch a campaign's new events into the store with the ledger rows they cause.
 
-    Each page is one transaction (events, quarantine, ledger rows, cursor), so a crash loses
-    nothing and repeats nothing. In a dry run every transaction is rolled back.
+    Each page is one transaction (events, quarantine, ledger rows); the bookmark is saved
+    once the walk ends. In a dry run every transaction is rolled back.
     """
     result = CampaignResult(campaign.drop_id)
-    lookback = timedelta(hours=lookback_hours or campaign.lookback_hours)
-    cap = max_pages or campaign.max_pages
+    hours = campaign.lookback_hours if lookback_hours is None else lookback_hours
+    row = Campaign(drop_id=campaign.drop_id, name=campaign.name, country=campaign.country,
+                   location_id=campaign.location)
     with Session(engine, expire_on_commit=False) as session:
-        camp = _ensure_campaign(session, campaign)
-        cutoff = camp.newest_event_at - lookback if camp.newest_event_at else None
-        resume_offset = camp.resume_offset
-        seen: set[str] = set()
-        if dry_run:
-            session.rollback()
-        else:
-            session.commit()
-
-        async def read(page_no: int) -> _Page:
-            raws = await fetch_page(page_no, page_size)
-            page = _store_page(session, raws, campaign, run_id, cutoff, result, seen)
-            # A dry run ends every page's transaction too: holding one open across the HTTP
-            # calls would block every other writer of a SQLite store.
-            if dry_run:
-                session.rollback()
-            else:
-                session.commit()
+        bookmark = load_bookmark(session, row)
+        scope = _Scope(campaign, run_id, bookmark.cutoff(timedelta(hours=hours)),
+                       _Memo(unstorable=_unstorable(session, campaign.drop_id)))
+        end_transaction(session, dry_run)
+        walker = PageWalker(max_pages or campaign.max_pages, bookmark.resume_offset, page_size)
+        while (request := walker.next_page()) is not None:
+            raws = await fetch_page(request.number, request.size)
+            seen = _store_page(session, raws, scope, result)
+            end_transaction(session, dry_run)
             failpoints.hit("page-stored")
+            walker.record(seen)
             result.pages += 1
             result.fetched += len(raws)
             if on_page:
                 on_page(result)
-            return page
-
-        page_no, new_at_top, ended, backfilling = 1, 0, False, False
-        while True:
-            if result.pages >= cap:
-                break
-            page = await read(page_no)
-            if page.raw_count < page_size:
-                ended = True
-                break
-            new_at_top += page.new_events
-            if backfilling:  # below the known top after a jump: read on to the end
-                page_no += 1
-                continue
-            if page.all_known and resume_offset is None and page.all_old:
-                ended = True
-                break
-            if page.all_known and resume_offset is not None:
-                # An earlier run stopped at its page cap: the stored events below the known
-                # top have moved down by the number of events added since; continue there,
-                # one page early so a miscount repeats events rather than skips them.
-                page_no = max(page_no + 1, (resume_offset + new_at_top) // page_size)
-                backfilling = True
-                continue
-            page_no += 1
-
-        # Events that arrived while we paged sit on top now: re-read until nothing is new.
-        # (After a single page there was no "while": the next run collects them.)
-        top = 1
-        while ended and 1 < result.pages < cap + 5:
-            page = await read(top)
-            if page.new_events == 0 or page.raw_count < page_size:
-                break
-            top += 1
-
-        # A dry run rolled back its first sight of a new campaign: ensure it again.
-        camp = session.get(Campaign, campaign.drop_id) or _ensure_campaign(session, campaign)
-        camp.last_fetched_at = utcnow()
-        if ended:
-            camp.resume_offset = None
-        else:
-            result.capped = True
-            camp.resume_offset = (page_no - 1) * page_size
-            log.warning("campaign %s: page cap of %d reached at page %d; the next run continues",
-                        campaign.drop_id, cap, page_no)
-        session.add(camp)
-        if dry_run:
-            session.rollback()
-        else:
-            session.commit()
+        result.stopped = walker.stop
+        result.capped = walker.stop is Stop.capped
+        save_bookmark(session, row, complete=not result.capped, resume_offset=walker.covered)
+        end_transaction(session, dry_run)
+    if result.capped:
+        log.warning("campaign %s: page cap of %d reached %d events from the top; the next run "
+                    "continues there", campaign.drop_id, walker.max_pages, walker.covered)
     return result
