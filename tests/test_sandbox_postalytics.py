@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from mailsync.codes import CA_CODES, EventCode, UnknownEventLabel, parse_code
+from mailsync.sandbox.postalytics_api import CapOffset
 from mailsync.sandbox.server import SandboxServer
 from tests.sandbox_fixtures import messy_sandbox, pl_client, sandbox  # noqa: F401
 
@@ -168,3 +169,24 @@ def test_messy_mixes_shapes_and_flags_malformed(messy_sandbox: SandboxServer) ->
     for event_id, raw in by_id.items():
         if event_id not in flagged:
             assert parse_code(raw.get("Event", raw.get("event"))).value == truth[event_id]
+
+
+@pytest.mark.parametrize("cap_offset", list(CapOffset))
+def test_a_page_cap_serves_fewer_than_asked_from_either_offset(sandbox: SandboxServer,
+                                                               cap_offset: CapOffset) -> None:
+    drop = sandbox.manifest()["campaigns"][0]["drop_id"]
+    sandbox.advance(24 * 6)
+    with pl_client(sandbox) as c:
+        url = f"/campaigns/{drop}/events"
+        whole = [e["EventId"] for e in
+                 _paced(c, url, params={"PageNumber": 1, "PageSize": 30}).json()]
+        assert len(whole) == 30  # no cap by default
+        sandbox.sandbox.postalytics.page_cap = 5
+        sandbox.sandbox.postalytics.cap_offset = cap_offset
+        page1 = _paced(c, url, params={"PageNumber": 1, "PageSize": 10}).json()
+        page2 = _paced(c, url, params={"PageNumber": 2, "PageSize": 10}).json()
+        asked5 = _paced(c, url, params={"PageNumber": 2, "PageSize": 5}).json()
+    assert [e["EventId"] for e in page1] == whole[:5]
+    start = 10 if cap_offset is CapOffset.requested else 5
+    assert [e["EventId"] for e in page2] == whole[start:start + 5]
+    assert [e["EventId"] for e in asked5] == whole[5:10]  # at the cap, both formulas agree

@@ -5,6 +5,10 @@ Checks in order: HTTP Basic with the API key as user name (401 with the document
 then the route. Events are served newest first from each campaign's time-ordered list, so a
 page is an index range; events emitted between two page requests shift later pages, exactly
 as offset paging over a live list does.
+
+`page_cap` (off by default) serves at most that many events per page whatever PageSize asks,
+as a server might; `cap_offset` says whether a page then starts at (PageNumber-1)*PageSize
+or at (PageNumber-1)*the number served: which one a real server would use is unknown.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from enum import StrEnum
 from typing import Any
 
 from starlette.requests import Request
@@ -29,11 +34,20 @@ from mailsync.sandbox.faults import (
     send_json,
 )
 from mailsync.sandbox.limits import PostalyticsLimits, Stats
-from mailsync.sandbox.scenario import Scenario, clean_event, iso, messy_event, page_indices
+from mailsync.sandbox.scenario import Scenario, clean_event, iso, messy_event, offset_indices
 
 INVALID_KEY = {"error": {"message": "Invalid API key. User authentication failed",
                          "status_code": 401}}
 MAX_PAGE_SIZE = 100
+
+
+class CapOffset(StrEnum):
+    """Where a page starts when the server serves fewer events than PageSize asks."""
+
+    requested = "requested"
+    """(PageNumber-1) * PageSize: pages overlap nothing and skip what the cap left out."""
+    served = "served"
+    """(PageNumber-1) * the number served: pages follow on from each other."""
 
 
 def pl_error(status: int, message: str) -> dict[str, Any]:
@@ -57,10 +71,14 @@ class PostalyticsAPI:
     """The `/postalytics/api/v1` ASGI app."""
 
     def __init__(self, scenario: Scenario, limits: PostalyticsLimits, faults: FaultPlan,
-                 stats: Stats, time_scale: float = 1.0, retry_after: bool = False) -> None:
+                 stats: Stats, time_scale: float = 1.0, retry_after: bool = False, *,
+                 page_cap: int | None = None, cap_offset: CapOffset = CapOffset.requested
+                 ) -> None:
         self.scenario, self.limits, self.faults, self.stats = scenario, limits, faults, stats
         self.time_scale = time_scale
         self.retry_after = retry_after
+        self.page_cap = page_cap
+        self.cap_offset = cap_offset
         self.router = Router(routes=[
             Route("/campaigns", self.campaigns, methods=["GET"]),
             Route("/campaigns/{id}/details", self.details, methods=["GET"]),
@@ -108,8 +126,9 @@ class PostalyticsAPI:
     def _serve(self, ev: Any) -> dict[str, Any]:
         return messy_event(ev) if self.scenario.messy else clean_event(ev)
 
-    @staticmethod
-    def _paging(request: Request) -> tuple[int, int] | Response:
+    def _paging(self, request: Request) -> range | Response:
+        """The offsets from the newest that a page's parameters ask for, after the page cap;
+        an error response for bad parameters."""
         try:
             page = int(request.query_params.get("PageNumber", "1"))
             size = int(request.query_params.get("PageSize", str(MAX_PAGE_SIZE)))
@@ -122,7 +141,9 @@ class PostalyticsAPI:
         if size > MAX_PAGE_SIZE:
             return JSONResponse(pl_error(400, f"PageSize has a maximum value of {MAX_PAGE_SIZE}"),
                                 status_code=400)
-        return page, size
+        served = min(size, self.page_cap or size)
+        step = served if self.cap_offset is CapOffset.served else size
+        return range((page - 1) * step, (page - 1) * step + served)
 
     def _campaign(self, request: Request) -> Any:
         camp = self.scenario.campaign(request.path_params["id"])
@@ -156,28 +177,26 @@ class PostalyticsAPI:
         camp = self._campaign(request)
         if isinstance(camp, Response):
             return camp
-        paging = self._paging(request)
-        if isinstance(paging, Response):
-            return paging
-        page, size = paging
+        window = self._paging(request)
+        if isinstance(window, Response):
+            return window
         events = camp.events
-        return JSONResponse([self._serve(events[i])
-                             for i in page_indices(len(events), page, size)])
+        return JSONResponse([self._serve(events[i]) for i in
+                             offset_indices(len(events), window.start, len(window))])
 
     async def contact_events(self, request: Request) -> Response:
         """GET /campaigns/{id}/events/{dataid}: one recipient's events, newest first."""
         camp = self._campaign(request)
         if isinstance(camp, Response):
             return camp
-        paging = self._paging(request)
-        if isinstance(paging, Response):
-            return paging
-        page, size = paging
+        window = self._paging(request)
+        if isinstance(window, Response):
+            return window
         try:
             data_id = int(request.path_params["dataid"])
         except ValueError:
             return JSONResponse(pl_error(400, "The contact id must be an integer"),
                                 status_code=400)
         mine = camp.by_recipient.get(data_id, [])
-        return JSONResponse([self._serve(camp.events[mine[i]])
-                             for i in page_indices(len(mine), page, size)])
+        return JSONResponse([self._serve(camp.events[mine[i]]) for i in
+                             offset_indices(len(mine), window.start, len(window))])

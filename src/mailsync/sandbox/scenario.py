@@ -247,7 +247,10 @@ class Scenario:
                              "Country": camp.country},
                     var_fields=var_fields, match=match, hl_contact_id=contact_id,
                     slug=f"{first}{last}{data_id}".lower()))
-        # A few CRM contacts no mailing mentions, so lookups have something to miss.
+        self._add_strangers(rng, total)
+
+    def _add_strangers(self, rng: random.Random, total: int) -> None:
+        """A few CRM contacts no mailing mentions, so lookups have something to miss."""
         for loc in self.locations:
             for k in range(max(2, total // 30)):
                 self.hl_contacts.append({
@@ -260,7 +263,6 @@ class Scenario:
     def _build_timelines(self) -> None:
         camp_by_drop = {c.drop_id: c for c in self.campaigns}
         rng = random.Random(f"timeline:{self.seed}")
-        C = _CODE_INDEX
         for camp in self.campaigns:
             camp.addressed = rng.random() < 0.6
             camp.printed = camp.country == "CA" or rng.random() < 0.7
@@ -268,62 +270,7 @@ class Scenario:
         for idx, r in enumerate(self.recipients):
             camp = camp_by_drop[r.drop_id]
             camp.quantity += 1
-            entries: list[tuple[int, int, str | None]] = []
-            t = camp.number * 6 * HOUR + rng.randint(0, 4 * HOUR)
-            entries.append((t, C[EventCode.MailPieceCreated], None))
-            if camp.addressed:
-                t += rng.randint(HOUR // 2, 3 * HOUR)
-                entries.append((t, C[EventCode.Addressed], None))
-            if camp.printed:
-                t += rng.randint(HOUR, 6 * HOUR)
-                entries.append((t, C[EventCode.Printed], None))
-            t += rng.randint(24 * HOUR, 40 * HOUR)  # hand-off, then the first scan 12-24 h on
-            entries.append((t, C[EventCode.Mailed], None))
-            expected_days = 5 if camp.country == "CA" else 3
-            camp.mailed_at[idx] = (t, (EPOCH + timedelta(seconds=t, days=expected_days)).strftime(
-                "%Y-%m-%d"))
-            delivered: int | None = None
-            if camp.country == "US":
-                if rng.random() > 0.05:  # some pieces miss a scan: real IMb data has gaps
-                    t += rng.randint(6 * HOUR, 30 * HOUR)
-                    entries.append((t, C[EventCode.InTransit], None))
-                t += rng.randint(12 * HOUR, 48 * HOUR)
-                if rng.random() > 0.05:
-                    entries.append((t, C[EventCode.InLocalArea], None))
-                roll = rng.random()
-                if roll < 0.04:  # change of address: re-routed, then travels again
-                    t += rng.randint(4 * HOUR, 24 * HOUR)
-                    entries.append((t, C[EventCode.ReRouted], None))
-                    t += rng.randint(12 * HOUR, 48 * HOUR)
-                    entries.append((t, C[EventCode.InLocalArea], None))
-                    t += rng.randint(6 * HOUR, 30 * HOUR)
-                    entries.append((t, C[EventCode.ProcessedForDelivery], None))
-                    delivered = t
-                elif roll < 0.07:  # returned; not always final
-                    t += rng.randint(6 * HOUR, 24 * HOUR)
-                    entries.append((t, C[EventCode.ReturnedToSender], None))
-                    if rng.random() < 0.4:
-                        t += rng.randint(48 * HOUR, 120 * HOUR)
-                        entries.append((t, C[EventCode.ProcessedForDelivery], None))
-                        delivered = t
-                else:
-                    t += rng.randint(6 * HOUR, 30 * HOUR)
-                    entries.append((t, C[EventCode.ProcessedForDelivery], None))
-                    delivered = t
-            else:  # Canada Post: no scans after hand-off; assume delivery in 3-8 days
-                delivered = t + rng.randint(3 * DAY, 8 * DAY)
-            if delivered is not None and rng.random() < 0.3:
-                url = f"https://purl.example.com/{r.slug}"
-                goal = f"{url}/thank-you"
-                t = delivered + rng.randint(2 * HOUR, 72 * HOUR)
-                completes = rng.random() < 0.4
-                visits = 1 + min(4, int(rng.expovariate(1.0)))
-                for v in range(visits):
-                    entries.append((t, C[EventCode.pURLOpened], url))
-                    if completes and v == visits - 1:
-                        entries.append((t + rng.randint(60, 900), C[EventCode.pURLCompleted], goal))
-                    t += rng.randint(HOUR, 48 * HOUR)
-            for when, code, url in entries:
+            for when, code, url in _timeline(rng, camp, idx, r):
                 tie += 1
                 camp.schedule.append((when, tie, idx, code, url))
         for camp in self.campaigns:
@@ -384,12 +331,92 @@ class Scenario:
         return sum(len(c.schedule) for c in self.campaigns)
 
 
+# -- one recipient's timeline (the draws' order is the scenario: keep it) --------------------
+
+_Entry = tuple[int, int, str | None]  # (second, code index, url)
+
+
+def _timeline(rng: random.Random, camp: Campaign, idx: int, r: Recipient) -> list[_Entry]:
+    """One recipient's events: production, hand-off, the postal scans, then pURL visits."""
+    C = _CODE_INDEX
+    entries: list[_Entry] = []
+    t = camp.number * 6 * HOUR + rng.randint(0, 4 * HOUR)
+    entries.append((t, C[EventCode.MailPieceCreated], None))
+    if camp.addressed:
+        t += rng.randint(HOUR // 2, 3 * HOUR)
+        entries.append((t, C[EventCode.Addressed], None))
+    if camp.printed:
+        t += rng.randint(HOUR, 6 * HOUR)
+        entries.append((t, C[EventCode.Printed], None))
+    t += rng.randint(24 * HOUR, 40 * HOUR)  # hand-off, then the first scan 12-24 h on
+    entries.append((t, C[EventCode.Mailed], None))
+    expected_days = 5 if camp.country == "CA" else 3
+    camp.mailed_at[idx] = (t, (EPOCH + timedelta(seconds=t, days=expected_days)).strftime(
+        "%Y-%m-%d"))
+    if camp.country == "US":
+        delivered = _us_scans(rng, t, entries)
+    else:  # Canada Post: no scans after hand-off; assume delivery in 3-8 days
+        delivered = t + rng.randint(3 * DAY, 8 * DAY)
+    if delivered is not None and rng.random() < 0.3:
+        _purl_visits(rng, r.slug, delivered, entries)
+    return entries
+
+
+def _us_scans(rng: random.Random, t: int, entries: list[_Entry]) -> int | None:
+    """USPS scans after the first one; returns when the piece was delivered, if it was."""
+    C = _CODE_INDEX
+    if rng.random() > 0.05:  # some pieces miss a scan: real IMb data has gaps
+        t += rng.randint(6 * HOUR, 30 * HOUR)
+        entries.append((t, C[EventCode.InTransit], None))
+    t += rng.randint(12 * HOUR, 48 * HOUR)
+    if rng.random() > 0.05:
+        entries.append((t, C[EventCode.InLocalArea], None))
+    roll = rng.random()
+    if roll < 0.04:  # change of address: re-routed, then travels again
+        t += rng.randint(4 * HOUR, 24 * HOUR)
+        entries.append((t, C[EventCode.ReRouted], None))
+        t += rng.randint(12 * HOUR, 48 * HOUR)
+        entries.append((t, C[EventCode.InLocalArea], None))
+    elif roll < 0.07:  # returned; not always final
+        t += rng.randint(6 * HOUR, 24 * HOUR)
+        entries.append((t, C[EventCode.ReturnedToSender], None))
+        if rng.random() >= 0.4:
+            return None
+        t += rng.randint(48 * HOUR, 120 * HOUR)
+        entries.append((t, C[EventCode.ProcessedForDelivery], None))
+        return t
+    t += rng.randint(6 * HOUR, 30 * HOUR)
+    entries.append((t, C[EventCode.ProcessedForDelivery], None))
+    return t
+
+
+def _purl_visits(rng: random.Random, slug: str, delivered: int,
+                 entries: list[_Entry]) -> None:
+    """pURL visits after delivery; every visit is a new event, the last may complete."""
+    C = _CODE_INDEX
+    url = f"https://purl.example.com/{slug}"
+    goal = f"{url}/thank-you"
+    t = delivered + rng.randint(2 * HOUR, 72 * HOUR)
+    completes = rng.random() < 0.4
+    visits = 1 + min(4, int(rng.expovariate(1.0)))
+    for v in range(visits):
+        entries.append((t, C[EventCode.pURLOpened], url))
+        if completes and v == visits - 1:
+            entries.append((t + rng.randint(60, 900), C[EventCode.pURLCompleted], goal))
+        t += rng.randint(HOUR, 48 * HOUR)
+
+
 # -- serving events ------------------------------------------------------------------------
 
 def page_indices(total: int, page: int, size: int) -> range:
     """Indices (newest first) of one offset page over a list kept in time order."""
-    start = total - 1 - (page - 1) * size
-    stop = max(start - size, -1)
+    return offset_indices(total, (page - 1) * size, size)
+
+
+def offset_indices(total: int, offset: int, count: int) -> range:
+    """Indices (newest first) of `count` items from `offset` over a list kept in time order."""
+    start = total - 1 - offset
+    stop = max(start - count, -1)
     return range(start, stop, -1)
 
 
