@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,15 +37,15 @@ def pg_schema_url(base_url: str, schema: str) -> str:
     return f"{base_url}{sep}options=-csearch_path%3D{schema}"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema for one test, dropped afterwards."""
+@contextmanager
+def fresh_pg_schema() -> Iterator[str]:
+    """A URL on a new PostgreSQL schema of its own, dropped afterwards."""
     global _pg_ran
     if not PG_URL:
         if REQUIRE_PG:
             pytest.fail("MAILSYNC_REQUIRE_POSTGRES=1 but MAILSYNC_TEST_DATABASE_URL is not set")
         pytest.skip("postgres: MAILSYNC_TEST_DATABASE_URL is not set")
-    from mailsync.store.engine import normalise_url
+    from mailsync.store.engine import dispose_engine, normalise_url
 
     base = normalise_url(PG_URL)
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -60,12 +61,17 @@ def pg_url() -> Iterator[str]:
     try:
         yield pg_schema_url(base, schema)
     finally:
-        from mailsync.store.engine import dispose_engine
-
         dispose_engine(pg_schema_url(base, schema))
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards."""
+    with fresh_pg_schema() as url:
+        yield url
 
 
 @pytest.fixture

@@ -37,12 +37,12 @@ class Rig:
         return end_state(self.sb, self.settings)
 
     def cli(self, *args: str, extra_env: Mapping[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run `mailsync ...` in a child process with this rig's config and secrets."""
         env = {**os.environ, **self.env, "MAILSYNC_CONFIG": str(self.config),
                **(extra_env or {})}
         return subprocess.run([sys.executable, "-m", "mailsync", *args], env=env, text=True,
-                              capture_output=True, timeout=timeout)
+                              capture_output=True, timeout=timeout, cwd=cwd)
 
     def spawn(self, *args: str, extra_env: Mapping[str, str] | None = None
               ) -> subprocess.Popen[str]:
@@ -55,11 +55,14 @@ class Rig:
 @contextmanager
 def rig(tmp_path: Path, db_url: str | None = None, *, seed: int = 3, contacts: int = 40,
         time_scale: float = 0.05, messy: bool = False, timeout: float = 2.0,
-        campaigns: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[Rig]:
-    """Start a sandbox and a store, with the secrets in this process's environment."""
+        campaigns: Mapping[str, Mapping[str, Any]] | None = None,
+        **sandbox_options: Any) -> Iterator[Rig]:
+    """Start a sandbox and a store, with the secrets in this process's environment; extra
+    keyword options are SandboxConfig fields."""
     db_url = db_url or f"sqlite:///{tmp_path / 'mailsync.db'}"
     forget_pacers()  # seeded sandboxes reuse location ids; a new world starts with fresh ones
-    with SandboxServer(seed=seed, contacts=contacts, time_scale=time_scale, messy=messy) as sb:
+    with SandboxServer(seed=seed, contacts=contacts, time_scale=time_scale, messy=messy,
+                       **sandbox_options) as sb:
         path, env = write_sandbox_config(sb.manifest(), tmp_path, db_url, campaigns=campaigns)
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)

@@ -31,6 +31,7 @@ from mailsync.store.reasons import Reason
 from mailsync.sync.apply import ApplyOptions, ApplyResult, Stop, apply_location
 from mailsync.sync.notes import marker_for
 from mailsync.sync.plan import plan_writes
+from mailsync.sync.settle import SettleResult, settle_location
 
 LOC = "loc-guarantees"
 T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
@@ -298,3 +299,29 @@ def test_a_lost_lease_stops_the_writes_that_have_not_started(engine):
     result = apply(engine, fake, holder="this-host:1:ef01", lease_ttl=timedelta(seconds=0.3))
     assert result.stopped == Stop.lease_lost
     assert fake.calls("POST", "/contacts/c1/notes") == 1
+
+
+def test_settle_marks_the_notes_already_there_and_forgets_what_the_store_had_read(engine):
+    fake = FakeHighLevel()
+    fake.add("c1", "ada@example.com")
+    plan(engine, 1, contact="c1")
+    apply(engine, fake)  # c1 is now a contact this store has read
+    plan(engine, 3, contact="c1")
+    with Session(engine) as s:  # resolved, not yet sent, when the backup was taken
+        s.execute(update(WriteIntent).where(WriteIntent.contact_id.is_(None))  # type: ignore[union-attr]
+                  .values(contact_id="c1"))
+        s.commit()
+    # Sent by this store after a backup was taken, which the operator has restored since.
+    there = f"Postalytics: In Transit\nmailsync ref {marker_for('e:500:1')}"
+    fake.contacts["c1"]["notes"].append({"id": "n-after-backup", "body": there})
+
+    async def go() -> SettleResult:
+        async with client(fake) as hl:
+            return await settle_location(engine, hl, LOC)
+
+    result = asyncio.run(go())
+    assert (result.contacts_read, result.notes_found) == (1, 1)
+    note1 = next(r for r in rows(engine, "note") if r.event_key == "e:500:1")
+    assert note1.status == WriteStatus.done and note1.remote_id == "n-after-backup"
+    apply(engine, fake)
+    assert len(fake.contacts["c1"]["notes"]) == 3  # the one left was sent, nothing twice

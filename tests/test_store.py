@@ -17,7 +17,8 @@ from mailsync.store.models import MailEvent, WriteIntent
 from mailsync.store.ops import insert_ignore
 
 TABLES = {"campaigns", "mail_events", "quarantined_events", "contact_links", "write_ledger",
-          "sync_runs", "location_leases", "oauth_tokens", "store_meta", "settled_contacts", "gone_contacts",
+          "sync_runs", "location_leases", "oauth_tokens", "store_meta", "settled_contacts",
+          "gone_contacts",
           "alembic_version"}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from mailsync.clients.auth import AuthError
+from mailsync.clients.auth import AuthError, RefreshFailure
 from mailsync.clients.highlevel import HighLevelClient
 from mailsync.clients.http import Outcome
 from mailsync.codes import tag_key
@@ -30,7 +30,7 @@ from mailsync.store.ledger import MAX_AUTO_ATTEMPTS, SYNC_STATUSES, RowOutcome, 
 from mailsync.store.models import WriteIntent, WriteKind, WriteStatus
 from mailsync.store.reasons import Reason
 from mailsync.sync import failpoints
-from mailsync.sync.notes import has_marker
+from mailsync.sync.notes import already_there
 from mailsync.sync.resolve import Resolved, forget_contact, load_recipients, resolve
 
 
@@ -81,6 +81,8 @@ class ApplyOptions:
 
 
 Progress = Callable[[str, int], None]
+_NO_ANSWER = (RefreshFailure.unreachable, RefreshFailure.failed)
+"""OAuth refresh failures that say nothing about the token: the token endpoint did not answer."""
 _STATUS_OF = {"ok": WriteStatus.done, "rejected": WriteStatus.rejected,
               "failed": WriteStatus.failed, "unknown": WriteStatus.unknown,
               "deferred": WriteStatus.pending}
@@ -245,16 +247,13 @@ class _Applier:
             # Cannot tell which notes landed. Before this store's first note to the contact
             # every note is doubtful; after it, only the `unknown` ones.
             return [] if first else [n for n in notes if n.status != WriteStatus.unknown]
-        remote = [n for n in (listing.data or []) if isinstance(n, dict)]
         still: list[WriteIntent] = []
         for note in notes:
-            found = next((n for n in remote if has_marker(n.get("body"), note.marker or "")),
-                         None)
-            if found is None:
+            remote_id = already_there(listing.data, note.marker or "")
+            if remote_id is None:
                 still.append(note)
                 continue
-            ledger.mark(self.engine, [note.id], WriteStatus.done,
-                        remote_id=str(found.get("id") or ""))
+            ledger.mark(self.engine, [note.id], WriteStatus.done, remote_id=remote_id)
             self._done(WriteStatus.done)
         ledger.mark_settled(self.engine, self.location_id, c.id)
         self.settled.add(c.id)
@@ -367,9 +366,12 @@ async def _apply_rows(applier: _Applier) -> None:
         if applier.stop == Stop.daily_quota:
             ledger.defer_open(engine, sel, Reason.daily_quota)
     except AuthError as exc:
-        # The location's token was refused: say so on every row that waits for it, so the
-        # report can tell support what to do; they stay open for the run after the fix.
-        ledger.defer_open(engine, sel, Reason.token_refused, str(exc),
-                          http_status=getattr(exc, "http_status", None) or 401)
+        # The location's token was refused, or no token could be had: say so on every row
+        # that waits for it, so the report can tell support what to do; they stay open.
+        if getattr(exc, "refresh_failure", None) in _NO_ANSWER:
+            ledger.defer_open(engine, sel, Reason.unanswered, str(exc))
+        else:
+            ledger.defer_open(engine, sel, Reason.token_refused, str(exc),
+                              http_status=getattr(exc, "http_status", None) or 401)
         raise
     applier.result.stopped = applier.stopping

@@ -37,3 +37,11 @@ def note_body(event: MailEvent, campaign_name: str | None) -> str:
 def has_marker(note_text: str | None, marker: str) -> bool:
     """Whether a note fetched from HighLevel carries this marker."""
     return bool(note_text) and marker in note_text  # type: ignore[operator]
+
+
+def already_there(remote_notes: object, marker: str) -> str | None:
+    """The HighLevel id of a listed note carrying `marker` ("" when it has none), else None."""
+    for note in remote_notes if isinstance(remote_notes, list) else []:
+        if isinstance(note, dict) and has_marker(note.get("body"), marker):
+            return str(note.get("id") or "")
+    return None
