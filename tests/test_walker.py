@@ -96,6 +96,13 @@ def test_a_resumed_walk_jumps_one_page_early_past_the_known_top():
     assert walker.stop is Stop.ended
 
 
+def test_a_cap_right_after_the_jump_keeps_the_resume_point():
+    walker = PageWalker(max_pages=2, resume_offset=400, page_size=10)
+    pages = {1: PageSeen(10, new_events=3), 2: PageSeen(10, all_known=True)}
+    assert [n for n, _ in walk(walker, lambda r: pages[r.number])] == [1, 2]
+    assert walker.stop is Stop.capped and walker.covered == 403
+
+
 def test_a_resumed_walk_stops_where_the_old_events_are_settled():
     walker = PageWalker(max_pages=10, resume_offset=20, page_size=10)
     pages = {1: PageSeen(10, all_known=True), 2: PageSeen(10, new_events=10),

@@ -87,6 +87,7 @@ class PageWalker:
     _new_at_top: int = field(default=0, init=False)
     _shifted: bool = field(default=False, init=False)
     _rescanned: int = field(default=0, init=False)
+    _stopped_at: int = field(default=0, init=False)  # where the capped walk stopped, now
 
     def __post_init__(self) -> None:
         if self.max_pages < 1 or self.page_size < 1:
@@ -96,7 +97,10 @@ class PageWalker:
     @property
     def covered(self) -> int:
         """Events from the top the walk has covered: where a capped walk resumes."""
-        return (self._number - 1) * self._size
+        # After a jump, the earlier capped walk's stop (moved down by the new events) is
+        # covered too, even before the walk reads past it: a cap right after the jump must
+        # not move the resume point back.
+        return max((self._number - 1) * self._size, self._stopped_at)
 
     def next_page(self) -> PageRequest | None:
         """The page to read next, or None when the walk is over (see `stop`)."""
@@ -142,8 +146,8 @@ class PageWalker:
         if self._phase is _Phase.scan:
             self._new_at_top += seen.new_events
             if seen.all_known and self.resume_offset is not None:
-                target = (self.resume_offset + self._new_at_top) // self._size
-                self._number = max(self._number + 1, target)
+                self._stopped_at = self.resume_offset + self._new_at_top
+                self._number = max(self._number + 1, self._stopped_at // self._size)
                 self._phase = _Phase.backfill
                 return
         self._number += 1
