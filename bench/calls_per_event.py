@@ -59,7 +59,9 @@ def measure(contacts: int, days: int) -> dict[str, Any]:
             new = sum(c.new_events for c in summary.campaigns)
             events += new
             runs.append({"day": day, "emitted": adv["emitted"], "new_events": new,
-                         "calls": sum(loc.calls for loc in summary.locations), **floor})
+                         "calls": sum(loc.calls for loc in summary.locations),
+                         "settle_reads": sum(loc.settle_reads for loc in summary.locations),
+                         **floor})
             if adv["remaining"] == 0 and adv["emitted"] == 0:
                 break
         stats = sb.stats()
@@ -92,11 +94,17 @@ def main(argv: list[str]) -> Report:
             "≤ 2 (email, then phone; cached after)",
             routes[LOOKUP] <= 2 * out["links"])
     rep.add("HighLevel calls per event stored", calls / max(out["events"], 1))
+    settles = sum(r["settle_reads"] for r in out["runs"])
+    rep.add("notes reads before a store's first note to a contact, per contact tagged",
+            settles / max(floor_tags, 1))
+    steady = sum(r["settle_reads"] for r in out["runs"][1:] if r["tag_calls"])
+    rep.add("runs after the first: such reads / floor", steady / max(floor, 1))
     rep.add("429s", int(hl["total"]["rate_limited"]), "0", int(hl["total"]["rate_limited"]) == 0,
             fmt="{:.0f}")
     route_rows = [[f"`{r}`", n, f"{n / max(floor, 1):.3f}"] for r, n in routes.most_common()]
     run_rows = [[r["day"], r["new_events"], r["notes"], r["tag_calls"],
-                 r["notes"] + r["tag_calls"], r["calls"], r.get("rows_rejected", 0)]
+                 r["notes"] + r["tag_calls"], r["calls"], r["settle_reads"],
+                 r.get("rows_rejected", 0)]
                 for r in out["runs"]]
     rep.details += [
         f"Sandbox seed 5, {contacts} recipients, 3 campaigns, 3 locations (one OAuth), no "
@@ -107,10 +115,13 @@ def main(argv: list[str]) -> Report:
         "carried contact id were looked up (cached links, found or not).", "",
         "By route (sandbox counts, whole scenario):", "",
         *md_table(["route", "requests", "per floor call"], route_rows),
-        "Per run (`calls` = the apply's own count; rejected rows are recipients with no "
-        "HighLevel contact, found by lookups that cost calls but write nothing):", "",
+        "Per run (`calls` = the apply's own count; `settle reads` = of those, the reads of a "
+        "contact's notes before this store's first note to it, which keep a new or restored "
+        "store from sending a note twice: once per contact, ever; rejected rows are "
+        "recipients with no HighLevel contact, found by lookups that cost calls but write "
+        "nothing):", "",
         *md_table(["day", "new events", "notes", "contacts tagged", "floor", "calls",
-                   "rows rejected"], run_rows),
+                   "settle reads", "rows rejected"], run_rows),
     ]
     rep.data = {"calls": calls, "floor": floor, "routes": dict(routes), "runs": out["runs"],
                 "events": out["events"]}
