@@ -141,7 +141,7 @@ def test_no_secret_in_logs_reports_database_or_errors_after_a_faulty_run(tmp_pat
         rep_dir = tmp_path / "reports"
         files = report.write_files(r.ctx.engine, rep_dir)
         report_cli = r.cli("report", "--out", str(tmp_path / "cli-reports"), "--format", "all")
-        haystacks = {"log records": caplog.text, "errors": "\n".join(summary.errors),
+        haystacks = {"log records": caplog.text, "errors": "\n".join(map(str, summary.errors)),
                      "cli output": cli.stdout + cli.stderr,
                      "report cli": report_cli.stdout + report_cli.stderr}
         for f in [*files, *(tmp_path / "cli-reports").iterdir()]:

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from mailsync.redact import redact
 from mailsync.report.rules import LocationFacts
 from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, SyncRun, WriteIntent
+from mailsync.sync.runner import ErrorKind, Scope
 
 _CHUNK = 500
 """Keys per IN (...) query: well under SQLite's and PostgreSQL's parameter limits."""
@@ -83,6 +84,26 @@ def runs_with_counts(s: Session) -> list[RunCounts]:
     return out
 
 
+def _location_error(err: Any) -> tuple[str, str | None, int | None] | None:
+    """(location id, the token refusal in words or None, its HTTP status) from one stored
+    run error; None when the error is not a location's."""
+    if isinstance(err, dict):  # a RunError, as the runner stores it
+        if err.get("scope") != Scope.location or not err.get("target"):
+            return None
+        status = err.get("http_status")
+        refused = err.get("kind") == ErrorKind.credentials
+        return (str(err["target"]), redact(str(err.get("message") or "")) if refused else None,
+                status if status in (401, 403) else None)
+    m = re.match(r"location (\S+): (.*)$", str(err), re.S)  # runs stored before RunError
+    if not m:
+        return None
+    text = redact(m.group(2))
+    refused = "token" in text.lower() or re.search(r"HTTP 40[13]\b", text)
+    status_text = re.search(r"HTTP (40[13])\b", text)
+    return (m.group(1), text if refused else None,
+            int(status_text.group(1)) if status_text else None)
+
+
 def location_facts(runs: Iterable[RunCounts]) -> dict[str, LocationFacts]:
     """Per location, what the latest finished run that applied it said (token refused?)."""
     facts: dict[str, LocationFacts] = {}
@@ -93,16 +114,12 @@ def location_facts(runs: Iterable[RunCounts]) -> dict[str, LocationFacts]:
             if isinstance(loc, dict) and loc.get("location_id"):
                 facts[str(loc["location_id"])] = LocationFacts(last_run_finished=run.finished_at)
         for err in counts.get("errors") or []:
-            m = re.match(r"location (\S+): (.*)$", str(err), re.S)
-            if not m:
-                continue
-            text = redact(m.group(2))
-            refused = "token" in text.lower() or re.search(r"HTTP 40[13]\b", text)
-            status = re.search(r"HTTP (40[13])\b", text)
-            facts[m.group(1)] = LocationFacts(
-                token_refused=text if refused else None,
-                token_http_status=int(status.group(1)) if status else None,
-                last_run_finished=run.finished_at)
+            found = _location_error(err)
+            if found is not None:
+                location_id, refused, status = found
+                facts[location_id] = LocationFacts(token_refused=refused,
+                                                   token_http_status=status,
+                                                   last_run_finished=run.finished_at)
     return facts
 
 
