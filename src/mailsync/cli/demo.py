@@ -33,6 +33,42 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return f"[{', '.join(_toml_str(str(v)) for v in value)}]"
+    if isinstance(value, int | float):
+        return str(value)
+    return _toml_str(str(value))
+
+
+def _location_lines(i: int, loc: Mapping[str, Any], env_prefix: str,
+                    env: dict[str, str]) -> list[str]:
+    """One `[[locations]]` table; its secrets go into `env` under the names it gives."""
+    lines = ["[[locations]]", f"id = {_toml_str(loc['id'])}",
+             f"name = {_toml_str(loc.get('name') or loc['id'])}"]
+    oauth = loc.get("auth") == "oauth"
+    if oauth:
+        lines.append("[locations.oauth]")
+    for part in ("client_id", "client_secret", "refresh_token") if oauth else ("token",):
+        var = f"{env_prefix}_LOC{i}_{part.upper()}"
+        env[var] = loc[part]
+        lines.append(f'{part}_env = "{var}"')
+    return [*lines, ""]
+
+
+def _campaign_lines(camp: Mapping[str, Any], extra: Mapping[str, Any]) -> list[str]:
+    """One `[[campaigns]]` table, with the per-drop settings in `extra`."""
+    lines = ["[[campaigns]]", f"drop_id = {_toml_str(str(camp['drop_id']))}",
+             f"name = {_toml_str(camp['name'])}", f"location = {_toml_str(camp['location'])}",
+             f"country = {_toml_str(camp['country'])}"]
+    if camp.get("contact_id_field"):
+        lines.append(f"contact_id_field = {_toml_str(camp['contact_id_field'])}")
+    lines += [f"{key} = {_toml_value(value)}" for key, value in extra.items()]
+    return [*lines, ""]
+
+
 def sandbox_config(manifest: Mapping[str, Any], database_url: str, *,
                    campaigns: Mapping[str, Mapping[str, Any]] | None = None,
                    env_prefix: str = "MAILSYNC_SANDBOX",
@@ -54,36 +90,10 @@ def sandbox_config(manifest: Mapping[str, Any], database_url: str, *,
         "daily_reserve = 0", "",
     ]
     for i, loc in enumerate(manifest["locations"], 1):
-        lines += ["[[locations]]", f"id = {_toml_str(loc['id'])}",
-                  f"name = {_toml_str(loc.get('name') or loc['id'])}"]
-        if loc.get("auth") == "oauth":
-            lines.append("[locations.oauth]")
-            for part in ("client_id", "client_secret", "refresh_token"):
-                var = f"{env_prefix}_LOC{i}_{part.upper()}"
-                env[var] = loc[part]
-                lines.append(f'{part}_env = "{var}"')
-        else:
-            var = f"{env_prefix}_LOC{i}_TOKEN"
-            env[var] = loc["token"]
-            lines.append(f'token_env = "{var}"')
-        lines.append("")
+        lines += _location_lines(i, loc, env_prefix, env)
     extra = campaigns or {}
     for camp in manifest["campaigns"]:
-        lines += ["[[campaigns]]", f"drop_id = {_toml_str(str(camp['drop_id']))}",
-                  f"name = {_toml_str(camp['name'])}", f"location = {_toml_str(camp['location'])}",
-                  f"country = {_toml_str(camp['country'])}"]
-        if camp.get("contact_id_field"):
-            lines.append(f"contact_id_field = {_toml_str(camp['contact_id_field'])}")
-        for key, value in extra.get(str(camp["drop_id"]), {}).items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, list | tuple):
-                lines.append(f"{key} = [{', '.join(_toml_str(str(v)) for v in value)}]")
-            elif isinstance(value, int | float):
-                lines.append(f"{key} = {value}")
-            else:
-                lines.append(f"{key} = {_toml_str(str(value))}")
-        lines.append("")
+        lines += _campaign_lines(camp, extra.get(str(camp["drop_id"]), {}))
     return "\n".join(lines), env
 
 
