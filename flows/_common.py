@@ -9,7 +9,8 @@ from typing import Any
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mailsync.sync.runner import ErrorKind, RunError, Scope, run_error
+from mailsync.store.runs import ErrorKind, RunError, Scope
+from mailsync.sync.runner import run_error
 
 TASK_WORKERS = int(os.environ.get("MAILSYNC_TASK_WORKERS", "8"))
 """Threads per flow run. Prefect's default pool is unbounded; each thread is one campaign's

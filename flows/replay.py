@@ -9,7 +9,8 @@ from prefect import flow, unmapped
 from pydantic import Field
 
 from flows._common import collect, task_runner
-from mailsync.sync.runner import REPLAY_STATUSES, Scope
+from mailsync.store.runs import Scope
+from mailsync.sync.runner import REPLAY_STATUSES
 from tasks.sync import apply_location, begin_run, finish_run
 
 ReplayStatus = Literal["pending", "rejected", "failed", "unknown"]

@@ -8,7 +8,7 @@ from prefect import flow, unmapped
 from pydantic import Field
 
 from flows._common import collect, task_runner
-from mailsync.sync.runner import Scope
+from mailsync.store.runs import Scope
 from tasks.sync import apply_location, begin_run, fetch_and_plan, finish_run
 
 

@@ -27,6 +27,7 @@ from mailsync.store.engine import store_identity
 from mailsync.store.leases import worker_identity
 from mailsync.store.ledger import SYNC_STATUSES
 from mailsync.store.models import utcnow
+from mailsync.store.runs import RunError
 from mailsync.sync import runner
 from mailsync.sync.apply import ApplyOptions, ApplyResult, Stop
 from mailsync.sync.context import SyncContext
@@ -186,7 +187,7 @@ def apply_location(config_path: str | None, location_id: str, *,
 @task(name="finish-run", **COMMON)
 def finish_run(config_path: str | None, plan: RunPlan, kind: str, dry_run: bool,
                campaigns: Sequence[CampaignResult], locations: Sequence[ApplyResult],
-               errors: Sequence[runner.RunError],
+               errors: Sequence[RunError],
                drop_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Record the run's end in the store and publish its summary and problem tables."""
     from prefect.runtime import flow_run

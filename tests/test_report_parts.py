@@ -21,7 +21,8 @@ from mailsync.report.markdown import frame_table, markdown_table
 from mailsync.report.rules import DRIFT_DETAIL
 from mailsync.report.verify import GONE, _check_contact
 from mailsync.store.models import SyncRun, WriteIntent, WriteKind, WriteStatus
-from mailsync.sync.runner import ErrorKind, RunError, RunSummary, Scope
+from mailsync.store.runs import ErrorKind, RunError, Scope
+from mailsync.sync.runner import RunSummary
 from tests.test_report import LOC_A, NOW, _by_label, make_store
 
 LOC, CID = "loc-verify", "c1"

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from mailsync.redact import redact
 from mailsync.report.rules import LocationFacts
 from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, SyncRun, WriteIntent
-from mailsync.sync.runner import ErrorKind, Scope
+from mailsync.store.runs import ErrorKind, Scope
 
 _CHUNK = 500
 """Keys per IN (...) query: well under SQLite's and PostgreSQL's parameter limits."""

@@ -74,9 +74,10 @@ class LocationFacts:
 
 
 def server_message(reason: str | None) -> str:
-    """HighLevel's own words from a stored reason like `HTTP 422 Unprocessable Entity: msg`."""
+    """HighLevel's own words from a stored reason like `HTTP 422 Unprocessable Entity: msg`,
+    also when our wording wraps it ("... for location X: HTTP 401 Unauthorized: msg")."""
     text = (reason or "").strip()
-    match = re.match(r"HTTP \d{3}[^:]*:\s*(.*)$", text, re.S)
+    match = re.search(r"HTTP \d{3}[^:]*:\s*(.*)$", text, re.S)
     return (match.group(1) if match else text) or "no message"
 
 

@@ -117,7 +117,7 @@ class _Read:
 
 
 def _is_gone(out: Outcome) -> bool:
-    return out.status == CallStatus.rejected and out.http_status == 404
+    return out.contact_gone  # 404, or a 400/422 saying the contact is not found
 
 
 async def _read_tags(hl: HighLevelClient, contact_id: str) -> _Read:

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -26,44 +25,13 @@ from mailsync.redact import redact
 from mailsync.store.leases import worker_identity
 from mailsync.store.ledger import REPLAY_STATUSES, SYNC_STATUSES
 from mailsync.store.models import SyncRun, WriteStatus, utcnow
+from mailsync.store.runs import ErrorKind, RunError, Scope
 from mailsync.sync.apply import ApplyOptions, ApplyResult, apply_location
 from mailsync.sync.context import SyncContext
 from mailsync.sync.fetch import CampaignResult, fetch_campaign
 
 log = logging.getLogger("mailsync.sync")
 
-
-
-class Scope(StrEnum):
-    """What a run error stopped: one campaign's fetch or one location's apply."""
-
-    campaign = "campaign"
-    location = "location"
-
-
-class ErrorKind(StrEnum):
-    """What kind of failure stopped a campaign or location: the report acts on this."""
-
-    credentials = "credentials"
-    """The API refused the location's token or the Postalytics key."""
-    unreachable = "unreachable"
-    config = "config"
-    remote = "remote"
-    internal = "internal"
-
-
-@dataclass(frozen=True)
-class RunError:
-    """A campaign or location a run could not finish, with its kind and HTTP status."""
-
-    scope: Scope
-    target: str
-    kind: ErrorKind
-    message: str
-    http_status: int | None = None
-
-    def __str__(self) -> str:
-        return f"{self.scope} {self.target}: {self.message}"
 
 
 def run_error(scope: Scope, target: str, exc: BaseException) -> RunError:
