@@ -22,7 +22,8 @@ from sqlmodel import Session, select
 
 from mailsync.clients.highlevel import HighLevelClient
 from mailsync.clients.ratelimit import WindowPacer
-from mailsync.config import CampaignConfig
+from mailsync.codes import WriteClass
+from mailsync.config import CampaignConfig, ConfigError, load_settings
 from mailsync.store.engine import get_engine
 from mailsync.store.leases import acquire_lease
 from mailsync.store.models import ContactLink, LocationLease, MailEvent, WriteIntent, WriteStatus
@@ -46,6 +47,7 @@ class FakeHighLevel:
 
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    bodies: list[httpx.Request] = field(default_factory=list)
     hooks: list[Hook] = field(default_factory=list)
 
     def add(self, cid: str, email: str) -> None:
@@ -57,6 +59,7 @@ class FakeHighLevel:
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((request.method, request.url.path))
+        self.bodies.append(request)
         for hook in self.hooks:
             answer = await hook(request)
             if answer is not None:
@@ -325,3 +328,64 @@ def test_settle_marks_the_notes_already_there_and_forgets_what_the_store_had_rea
     assert note1.status == WriteStatus.done and note1.remote_id == "n-after-backup"
     apply(engine, fake)
     assert len(fake.contacts["c1"]["notes"]) == 3  # the one left was sent, nothing twice
+
+
+# -- a short daily budget spends itself on what matters most first ---------------------------
+
+
+def _visits_and_scans(engine: Any) -> None:
+    camp = CampaignConfig(drop_id="500", location=LOC, events=["Mailed", "pURLOpened"])
+    evs = [MailEvent(key=f"e:500:{who}-{code}", drop_id="500", recipient_key=f"d:{who}",
+                     code=code, event_at=T0, carried_contact_id=f"c{who}")
+           for who in (1, 2) for code in ("pURLOpened", "Mailed")]
+    with Session(engine) as s:
+        insert_ignore(s, evs)
+        insert_ignore(s, plan_writes(evs, camp))
+        s.commit()
+
+
+def _order(fake: FakeHighLevel) -> list[str]:
+    out = []
+    for method, path in fake.requests:
+        if method == "POST" and path.endswith("/tags"):
+            out.append("tag")
+        elif method == "POST" and path.endswith("/notes"):
+            out.append("note")
+    return out
+
+
+def test_tags_go_first_and_visit_notes_last_unless_configured_otherwise(engine):
+    fake = FakeHighLevel()
+    fake.add("c1", "a@example.com")
+    fake.add("c2", "b@example.com")
+    _visits_and_scans(engine)
+    apply(engine, fake)
+    assert _order(fake) == ["tag", "tag", "note", "note", "note", "note"]
+    notes = [json.loads(r.content)["body"].split("\n")[0] for r in _posted_notes(fake)]
+    assert notes == ["Postalytics: Mailed"] * 2 + ["Postalytics: pURL Opened"] * 2
+
+    other = FakeHighLevel()
+    other.add("c1", "a@example.com")
+    other.add("c2", "b@example.com")
+    with Session(engine) as s:
+        s.execute(update(WriteIntent).values(status=WriteStatus.pending))
+        s.commit()
+    apply(engine, other, write_order=(WriteClass.response_notes, WriteClass.tags,
+                                      WriteClass.journey_notes))
+    assert _order(other)[:2] == ["note", "note"]
+    first = [json.loads(r.content)["body"].split("\n")[0] for r in _posted_notes(other)][:2]
+    assert first == ["Postalytics: pURL Opened"] * 2
+
+
+def _posted_notes(fake: FakeHighLevel) -> list[httpx.Request]:
+    return [r for r in fake.bodies if r.method == "POST" and r.url.path.endswith("/notes")]
+
+
+def test_write_order_must_name_each_class_once(tmp_path):
+    conf = tmp_path / "m.toml"
+    conf.write_text('[highlevel]\nwrite_order = ["tags", "tags", "journey_notes"]\n')
+    with pytest.raises(ConfigError, match=r"highlevel\.write_order: must name each of tags, "
+                                          "journey_notes, response_notes once"):
+        load_settings(conf, environ={})
+    conf.write_text('[highlevel]\nwrite_order = ["response_notes", "journey_notes", "tags"]\n')
+    assert load_settings(conf, environ={}).highlevel.write_order[0] == WriteClass.response_notes

@@ -75,6 +75,19 @@ US_CODES = frozenset(MAIL_CODES)
 CA_CODES = frozenset(PRODUCTION_CODES | RESPONSE_CODES | {EventCode.Mailed})
 COUNTRY_CODES: dict[str, frozenset[EventCode]] = {"US": US_CODES, "CA": CA_CODES}
 
+
+
+class WriteClass(StrEnum):
+    """Groups of writes, in the order a location spends a short daily budget on them
+    (`[highlevel] write_order`): what workflows fire on first, repeated visits' notes last."""
+
+    tags = "tags"
+    journey_notes = "journey_notes"
+    """Notes of production, USPS and exception events."""
+    response_notes = "response_notes"
+    """Notes of pURL visits: every visit is a new event, so these grow without bound."""
+
+
 TAG_PREFIX = "Postalytics Event: "
 
 REST_LABEL: dict[EventCode, str] = {row[0]: row[1] for row in _TABLE}

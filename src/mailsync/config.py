@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mailsync.codes import EventCode, UnknownEventLabel, codes_for_country, parse_code
+from mailsync.codes import EventCode, UnknownEventLabel, WriteClass, codes_for_country, parse_code
 
 DEFAULT_DATABASE_URL = "sqlite:///mailsync.db"
 DEFAULT_POSTALYTICS_URL = "https://api.postalytics.com/api/v1"
@@ -71,6 +71,16 @@ class HighLevelConfig(_Strict):
     base_url: str = DEFAULT_HIGHLEVEL_URL
     daily_reserve: int = Field(default=1000, ge=0)
     """Writes stop (and stay pending) when fewer than this many daily requests remain."""
+    write_order: tuple[WriteClass, ...] = tuple(WriteClass)
+    """What goes first when the day's budget runs short: each apply writes in this order."""
+
+    @field_validator("write_order")
+    @classmethod
+    def _every_class_once(cls, v: tuple[WriteClass, ...]) -> tuple[WriteClass, ...]:
+        if sorted(v) != sorted(WriteClass):
+            raise ValueError("must name each of " + ", ".join(c.value for c in WriteClass)
+                             + " once")
+        return v
 
 
 class OAuthConfig(_Strict):

@@ -17,7 +17,7 @@ from sqlalchemy import Select, Update, bindparam, delete, func, select, tuple_, 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mailsync.store.models import SettledContact, WriteIntent, WriteStatus, utcnow
+from mailsync.store.models import SettledContact, WriteIntent, WriteKind, WriteStatus, utcnow
 from mailsync.store.ops import insert_ignore
 from mailsync.store.reasons import Reason
 
@@ -44,11 +44,18 @@ class Selection:
     since: datetime | None = None
     max_failed_attempts: int | None = MAX_AUTO_ATTEMPTS
     """`failed` rows tried this often are left for a replay; None: no cap (a replay)."""
+    kinds: Sequence[WriteKind] | None = None
+    codes: Sequence[str] | None = None
+    """Only writes of these kinds and event codes (None: all): one pass of an apply."""
 
     def where(self, q: Any) -> Any:
         """`q` narrowed to the selected rows."""
         q = q.where(_C.location_id == self.location_id,
                     _C.status.in_([WriteStatus(s) for s in self.statuses]))
+        if self.kinds is not None:
+            q = q.where(_C.kind.in_([WriteKind(k) for k in self.kinds]))
+        if self.codes is not None:
+            q = q.where(_C.code.in_(list(self.codes)))
         if self.max_failed_attempts is not None and WriteStatus.failed in self.statuses:
             q = q.where((_C.status != WriteStatus.failed)
                         | (_C.attempts < self.max_failed_attempts))

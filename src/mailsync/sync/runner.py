@@ -142,7 +142,8 @@ def apply_options(ctx: SyncContext, *, statuses: Sequence[str] = SYNC_STATUSES,
     return ApplyOptions(statuses=tuple(WriteStatus(s) for s in statuses), drop_ids=drop_ids,
                         since=since, max_failed_attempts=None if reresolve else
                         ApplyOptions.max_failed_attempts, reresolve=reresolve,
-                        create_missing=create, holder=holder)
+                        create_missing=create, holder=holder,
+                        write_order=ctx.settings.highlevel.write_order)
 
 
 async def run_sync(ctx: SyncContext, *, drop_ids: Sequence[str] | None = None,
