@@ -152,9 +152,11 @@ def test_pending_deadline_is_configurable(engine: Engine) -> None:
 def test_summary_counts_per_campaign_and_location(engine: Engine) -> None:
     report = build_report(engine, now=NOW)
     us = report.summary.set_index("drop_id").loc[US]
-    assert us["events_fetched"] == 250
+    # Seen: distinct events, stored or quarantined, not the 250 reads the run counted.
+    assert us["events_seen"] == sum(US_REACH.values()) + 1
     assert us["events_new"] == sum(US_REACH.values())
     assert us["quarantined"] == 1
+    assert report.runs.set_index("run_id").loc["run-1", "events_read"] == 253
     assert us["planned"] == len(CASES)
     statuses = [f["status"] for f, _ in CASES.values()]
     for st in ("done", "rejected", "failed", "unknown", "pending"):
@@ -163,7 +165,7 @@ def test_summary_counts_per_campaign_and_location(engine: Engine) -> None:
     ca = report.summary.set_index("drop_id").loc[CA]
     assert (ca["location_id"], ca["planned"], ca["done"], ca["problems"]) == (LOC_B, 1, 1, 0)
     md = markdown_summary(report)
-    assert "| 40211 | Fall US Postcard |" in md and "renew it, then replay" in md
+    assert "| Fall US Postcard | 40211 |" in md and "renew it, then replay" in md
 
 
 def test_filters_by_campaign_window_and_run(engine: Engine) -> None:
@@ -207,14 +209,17 @@ def test_token_refused_in_a_run_explains_its_pending_rows(db_url: str) -> None:
 
 def test_files_json_and_csv_mask_personal_data(engine: Engine, tmp_path: Path) -> None:
     paths = write_files(engine, tmp_path)
-    assert sorted(p.name for p in paths) == ["problems.csv", "quarantined.csv", "report.html",
-                                             "report.json"]
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["totals"]["problems"] == len(data["problems"]) > 0
+    assert data["totals"]["problems"] == sum(len(g["writes"]) for g in data["problems"]) > 0
     for p in paths:
         assert "ada.byrne" not in p.read_text() and "grace@example.com" not in p.read_text()
-    csv = (tmp_path / "problems.csv").read_text().splitlines()
-    assert csv[0].startswith("ledger_id,drop_id,campaign") and len(csv) == len(data["problems"]) + 1
+    assert sorted(p.name for p in paths) == sorted(["problems.csv", "problem_writes.csv",
+                                                    "quarantined.csv", "report.html",
+                                                    "report.json"])
+    groups = (tmp_path / "problems.csv").read_text().splitlines()
+    assert groups[0].startswith("group,step,problem") and len(groups) == len(data["problems"]) + 1
+    writes = (tmp_path / "problem_writes.csv").read_text().splitlines()
+    assert len(writes) == data["totals"]["problems"] + 1
 
 
 def test_masking() -> None:
@@ -261,9 +266,10 @@ def test_cli_report_writes_every_format(db_url: str, tmp_path: Path,
     res = runner.invoke(app, ["report", "--config", str(config), "--format", "all",
                               "--out", str(out), "--campaign", US])
     assert res.exit_code == 0, res.output
-    assert "problems by kind" in res.output and "pit-secret-token" not in res.output
-    assert {p.name for p in out.iterdir()} == {"problems.csv", "quarantined.csv",
-                                               "report.json", "report.html"}
+    assert "do this first" in res.output and "pit-secret-token" not in res.output
+    assert {p.name for p in out.iterdir()} == {"problems.csv", "problem_writes.csv",
+                                               "quarantined.csv", "report.json",
+                                               "report.html"}
     bad = runner.invoke(app, ["report", "--config", str(config), "--run", "nope"])
     assert bad.exit_code == 2 and "no run with id" in bad.output
     bad = runner.invoke(app, ["report", "--config", str(config), "--format", "pdf"])

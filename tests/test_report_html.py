@@ -93,7 +93,7 @@ def test_html_is_self_contained_and_shows_the_problems(html_file: Path) -> None:
     assert "the location&#x27;s token was refused: renew it, then replay" in html
     assert "ada.byrne" not in html and "a***@example.com" in html
     problems = sum(1 for _, k in CASES.values() if k)
-    assert f"<b>{problems}</b>problems" in html
+    assert f"<b>{problems}</b>problem writes" in html
     # Each journey bar is as wide as its share of pieces.
     widths = [float(w) for w in re.findall(r'width="([\d.]+)" height="20" fill="#2b6cb0"', html)]
     full = max(widths)

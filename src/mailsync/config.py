@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -198,7 +199,24 @@ class Settings(_Strict):
     highlevel: HighLevelConfig = HighLevelConfig()
     locations: tuple[LocationConfig, ...] = ()
     campaigns: tuple[CampaignConfig, ...] = ()
+    timezone: str = "UTC"
+    """The IANA zone reports show times in (e.g. America/Toronto); the store keeps UTC."""
     source: str = "<defaults>"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"{v!r} is not an IANA time zone name "
+                             "(e.g. UTC, America/Toronto, Europe/Paris)") from None
+        return v
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        """`timezone` as a tzinfo, for showing times to people."""
+        return zoneinfo.ZoneInfo(self.timezone)
 
     @model_validator(mode="after")
     def _references(self) -> Settings:

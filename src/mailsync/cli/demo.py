@@ -160,7 +160,7 @@ def run_demo(out_dir: Path, *, rounds: int = 6, hours_per_round: float = 24.0,
                 on_round(i, summary)
         end = end_state(sb, settings)
         stats = sb.stats()
-    rep = build_report(ctx.engine)
+    rep = build_report(ctx.engine, settings=settings)
     files = write_report_files(rep, out_dir)
     problems = []
     if len(rep.problems):

@@ -53,60 +53,72 @@ def parse_when(text: str | None, now: datetime | None = None) -> datetime | None
 
 # -- the report in the terminal ------------------------------------------------------------
 
+def _e(value: Any) -> str:
+    """A cell's text with Rich markup made literal (outside data is data)."""
+    return "" if _blank(value) else escape(str(value))
+
+
 def _counts_table(report: Report) -> Table:
     table = Table(title="writes per campaign and location")
     table.add_column("campaign / location")
-    table.add_column("events\nfetched/new/quar.", justify="right")
+    table.add_column("events\nseen/new/quar.", justify="right")
     for c in ("planned", *STATUSES, "problems"):
         table.add_column(c, justify="right")
-    for rec in report.summary.to_dict("records"):
-        table.add_row(f"{rec['drop_id']} {rec['campaign']}\n{rec['location_id']}",
-                      f"{rec['events_fetched']}/{rec['events_new']}/{rec['quarantined']}",
+    configured, apart = report.configured_summary()
+    for rec in [*configured.to_dict("records"), *apart.to_dict("records")]:
+        table.add_row(f"{_e(rec['campaign'])} ({_e(rec['drop_id'])})\n{_e(rec['location'])}",
+                      f"{rec['events_seen']}/{rec['events_new']}/{rec['quarantined']}",
                       *(str(rec[c]) for c in ("planned", *STATUSES, "problems")))
     return table
 
 
-def _kinds_table(report: Report) -> Table:
-    actions = report.problem_actions()
-    kinds = Table(title="problems by kind")
-    for c in ("problem", "writes", "what to do"):
-        kinds.add_column(c)
-    for kind, n in report.problem_counts().items():
-        kinds.add_row(kind, str(n), actions[kind])
-    return kinds
+def _steps_table(report: Report) -> Table:
+    steps = Table(title="do this first")
+    for c in ("#", "what to do", "where", "recipients", "writes"):
+        steps.add_column(c, overflow="fold")
+    for rec in report.first_steps().to_dict("records"):
+        steps.add_row(str(rec["step"]), _e(rec["action"]), _e(rec["location"]),
+                      str(rec["recipients"]), str(rec["writes"]))
+    return steps
 
 
-def _rows_table(report: Report, limit: int) -> Table:
-    rows = Table(title=f"problem writes ({len(report.problems)})")
-    for c in ("recipient", "contact id", "write", "tries", "HTTP", "problem", "reason"):
+def _groups_table(report: Report, limit: int) -> Table:
+    total = int(report.problem_groups["writes"].sum())
+    rows = Table(title=f"problems by recipient ({len(report.problem_groups)} recipients and "
+                       f"causes, {total} writes)")
+    for c in ("#", "campaign", "recipient", "codes", "writes", "since", "problem", "reason"):
         rows.add_column(c, overflow="fold")
-    for rec in report.problems.head(limit).to_dict("records"):
-        who = rec["recipient"] + (f"\n{rec['email']}" if rec["email"] else "")
-        http = "" if _blank(rec["last_http_status"]) else str(rec["last_http_status"])
-        rows.add_row(who, rec["contact_id"], f"{rec['kind']} {rec['code']}",
-                     str(rec["attempts"]), http, rec["problem"], rec["reason"])
+    for rec in report.problem_groups.head(limit).to_dict("records"):
+        who = _e(rec["recipient"]) + (f"\n{_e(rec['email'])}" if rec["email"] else "")
+        since = "" if _blank(rec["since"]) else f"{rec['since']:%Y-%m-%d %H:%M}"
+        rows.add_row(str(rec["group"]), _e(rec["campaign"]), who, _e(rec["codes"]),
+                     str(rec["writes"]), since, rec["problem"], _e(rec["reason"]))
     return rows
 
 
 def print_report(report: Report, console: Console, limit: int = TABLE_ROWS) -> None:
-    """The report as rich tables: counts per campaign, problems by kind, problem rows.
+    """The report as rich tables: counts per campaign, what to do first, and the problems
+    grouped by recipient and cause (one row per recipient, not per write).
 
-    Compact on purpose (terminals are often 80-120 columns): the action per problem kind is
-    in its own table, so the rows need not repeat it; the files carry every column.
+    Compact on purpose (terminals are often 80-120 columns): the action of each fix is in
+    the "do this first" table, so the rows need not repeat it; the files carry every column
+    and every write.
     """
     console.print(_counts_table(report))
     if report.problems.empty:
         console.print("[green]No problem writes: everything planned was written.[/green]")
     else:
-        console.print(_kinds_table(report))
-        console.print(_rows_table(report, limit))
-        if len(report.problems) > limit:
-            console.print(f"... {len(report.problems) - limit} more: write them with "
-                          "--format csv (problems.csv)")
+        if not report.first_steps().empty:
+            console.print(_steps_table(report))
+        console.print(_groups_table(report, limit))
+        if len(report.problem_groups) > limit:
+            console.print(f"... {len(report.problem_groups) - limit} more: write them with "
+                          "--format csv (problems.csv; every write in problem_writes.csv)")
+    console.print(f"Times are in {escape(report.names.zone_name)}.")
     if not report.quarantined.empty:
         console.print(f"{len(report.quarantined)} quarantined event(s); reasons: "
-                      + ", ".join(f"{r} ({n})" for r, n in
-                                  report.quarantined["reason"].value_counts().items()))
+                      + ", ".join(f"{_e(r)} ({n})" for r, n in
+                                  report.quarantined["problem"].value_counts().items()))
     if not report.unstored.empty:
         console.print(f"[yellow]{len(report.unstored)} event(s) at Postalytics never reached "
                       "the store: run `mailsync sync`.[/yellow]")
@@ -170,7 +182,8 @@ def report_cmd(
     try:
         report = build_report(ctx.engine, run_id=run, since=start, until=end,
                               drop_ids=campaign, drift=drift, unstored=unstored,
-                              pending_deadline=timedelta(hours=pending_hours))
+                              pending_deadline=timedelta(hours=pending_hours),
+                              settings=ctx.settings)
     except LookupError as exc:
         raise ConfigError(str(exc)) from None
     if fmt in ("table", "all"):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from mailsync.redact import redact
 from mailsync.report.rules import LocationFacts
@@ -39,6 +39,10 @@ class ReportScope:
     since: datetime | None
     until: datetime | None
     drop_ids: list[str] | None
+    touched_since: datetime | None = None
+    """Only ledger rows updated since then (a run's artifacts: every row it touched,
+    including rows earlier runs planned and this one retried)."""
+    location_ids: list[str] | None = None
 
     def covers(self, when: datetime | None) -> bool:
         """Whether a moment is inside the window (an unknown moment only when unbounded)."""
@@ -58,6 +62,10 @@ def ledger_rows(s: Session, scope: ReportScope) -> list[WriteIntent]:
     q = select(WriteIntent)
     if scope.drop_ids:
         q = q.where(col(WriteIntent.drop_id).in_(scope.drop_ids))
+    if scope.location_ids:
+        q = q.where(col(WriteIntent.location_id).in_(scope.location_ids))
+    if scope.touched_since is not None:
+        q = q.where(col(WriteIntent.updated_at) >= scope.touched_since)
     run = scope.run
     if run is not None and run.kind == "sync":
         q = q.where(WriteIntent.run_id == run.id)
@@ -123,20 +131,14 @@ def location_facts(runs: Iterable[RunCounts]) -> dict[str, LocationFacts]:
     return facts
 
 
-def fetched_by_drop(runs: Iterable[RunCounts], scope: ReportScope) -> dict[str, int]:
-    """Events fetched per campaign by the runs in scope (from the runs' own counts)."""
-    out: dict[str, int] = {}
-    for run, counts in runs:
-        if scope.run is not None and run.id != scope.run.id:
-            continue
-        if scope.run is None and not scope.covers(run.started_at):
-            continue
-        for camp in counts.get("campaigns") or []:
-            if isinstance(camp, dict) and camp.get("drop_id") is not None:
-                d = str(camp["drop_id"])
-                if not scope.drop_ids or d in scope.drop_ids:
-                    out[d] = out.get(d, 0) + int(camp.get("fetched") or 0)
-    return out
+def quarantined_by_drop(s: Session, scope: ReportScope) -> dict[str, int]:
+    """Distinct events quarantined per campaign up to the window's end (for events seen)."""
+    q = select(QuarantinedEvent.drop_id, func.count()).group_by(QuarantinedEvent.drop_id)
+    if scope.drop_ids:
+        q = q.where(col(QuarantinedEvent.drop_id).in_(scope.drop_ids))
+    if scope.until is not None:
+        q = q.where(col(QuarantinedEvent.first_seen) <= scope.until)
+    return {str(d): int(n) for d, n in s.exec(q).all()}
 
 
 def recipients(s: Session, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], MailEvent]:

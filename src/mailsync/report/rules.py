@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from mailsync.store.ledger import MAX_AUTO_ATTEMPTS
 from mailsync.store.models import WriteStatus
-from mailsync.store.reasons import Reason, describe
+from mailsync.store.reasons import QuarantineReason, Reason, describe
 
 DRIFT_DETAIL = "removed in HighLevel after it was written"
 """The details `verify --fix` stores beside `Reason.drift` on the rows it re-opens."""
@@ -39,13 +40,47 @@ def mask_emails_in(text: str) -> str:
     return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
 
 
+class Owner(StrEnum):
+    """Who acts on a problem: the report puts what a person must do first."""
+
+    support = "support"
+    """A person must fix something (then replay)."""
+    mailsync = "mailsync"
+    """The next scheduled runs settle it by themselves."""
+    nobody = "nobody"
+    """Nothing is owed any more."""
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """A row's problem: stable kind, the reason in words, and the action to take."""
+    """A row's problem: stable kind, the reason in words, the action, and who acts."""
 
     kind: str
     reason: str
     action: str
+    owner: Owner = Owner.support
+
+
+QUARANTINE_ACTIONS: dict[QuarantineReason, str] = {
+    QuarantineReason.bad_event: "nothing to write; if many arrive, send Postalytics the event "
+                                "id and the reason",
+    QuarantineReason.unknown_code: "if Postalytics added a new event, add its label to "
+                                   "mailsync's codes and resync; otherwise nothing to do",
+    QuarantineReason.id_reused: "the first version was kept; send Postalytics the event id "
+                                "if the new one is the right one",
+    QuarantineReason.unstorable: "the database refused it even cleaned: check the database's "
+                                 "log, then send us the event id",
+}
+"""What support does about each kind of quarantined event."""
+
+
+def quarantine_verdict(code: str | None, detail: str | None) -> tuple[str, str, str]:
+    """(reason code, the reason in words, the action) for a quarantined event."""
+    try:
+        reason = QuarantineReason(code or QuarantineReason.bad_event)
+    except ValueError:  # a code written by a newer version: keep its details in words
+        return str(code), detail or str(code), QUARANTINE_ACTIONS[QuarantineReason.bad_event]
+    return reason.value, describe(reason, detail), QUARANTINE_ACTIONS[reason]
 
 
 @dataclass(frozen=True)
@@ -98,7 +133,7 @@ def classify(row: RowFacts, loc: LocationFacts, now: datetime,
         what = "note" if row.kind == "note" else "tag"
         return Verdict("unknown", f"the {what} was sent and no answer came "
                                   f"({row.reason or 'no detail'})",
-                       "outcome not known yet: the next run settles it")
+                       "outcome not known yet: the next run settles it", Owner.mailsync)
     if row.status == WriteStatus.rejected:
         return _rejected(row)
     if row.status == WriteStatus.failed:
@@ -120,7 +155,7 @@ def _rejected(row: RowFacts) -> Verdict:
                        "HighLevel refused to look up or create the contact: fix, then replay")
     if code == Reason.event_gone:
         return Verdict("event_gone", describe(code, detail), "nothing to send any more; "
-                       "no action")
+                       "no action", Owner.nobody)
     msg = server_message(detail) if detail else f"HTTP {http}"
     if http == 422:
         return Verdict(f"{what}_refused", f"HighLevel refused the {what}: {msg}",
@@ -132,12 +167,12 @@ def _rejected(row: RowFacts) -> Verdict:
 def _failed(row: RowFacts) -> Verdict:
     if row.reason_code == Reason.tag_missing:
         return Verdict("failed", describe(Reason.tag_missing, None),
-                       "none yet: the next run adds it again")
+                       "none yet: the next run adds it again", Owner.mailsync)
     if row.attempts >= MAX_AUTO_ATTEMPTS:
         return Verdict("failed", f"gave up after {row.attempts} tries: {row.reason}",
                        "HighLevel kept failing: check its status page, then replay")
     return Verdict("failed", f"HighLevel did not answer in time: {row.reason}",
-                   "none yet: the next run tries again")
+                   "none yet: the next run tries again", Owner.mailsync)
 
 
 def _pending(row: RowFacts, loc: LocationFacts, now: datetime,
@@ -145,10 +180,10 @@ def _pending(row: RowFacts, loc: LocationFacts, now: datetime,
     code, http = row.reason_code, row.last_http_status
     if code == Reason.drift:
         return Verdict("drift", describe(code, row.reason), "re-opened by verify: the next sync "
-                       "or a replay writes it again")
+                       "or a replay writes it again", Owner.mailsync)
     if code == Reason.daily_quota:
         return Verdict("quota", "HighLevel's daily request budget for the location was spent",
-                       "waits for tomorrow's quota; nothing to do")
+                       "waits for tomorrow's quota; nothing to do", Owner.mailsync)
     if code == Reason.token_refused or http in (401, 403):
         return _token(http, row.reason or "")
     if loc.token_refused and (loc.last_run_finished is None
@@ -156,11 +191,11 @@ def _pending(row: RowFacts, loc: LocationFacts, now: datetime,
         return _token(loc.token_http_status, loc.token_refused)
     if code == Reason.lookup_unanswered:
         return Verdict("lookup_retry", describe(code, row.reason),
-                       "none yet: the next run looks again")
+                       "none yet: the next run looks again", Owner.mailsync)
     if code == Reason.contact_gone:
         return Verdict("contact_gone", describe(code, server_message(row.reason)),
                        "none yet: the next run looks the recipient up again and writes to "
-                       "the contact HighLevel has now")
+                       "the contact HighLevel has now", Owner.mailsync)
     if now - row.created_at > pending_deadline:
         hours = pending_deadline.total_seconds() / 3600
         return Verdict("overdue", f"still pending more than {hours:g} h after it was planned",
