@@ -10,6 +10,7 @@ import os
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -191,6 +192,33 @@ class CampaignConfig(_Strict):
         return frozenset(self.events)
 
 
+class WebhookMode(StrEnum):
+    """What the webhook receiver does once an event is committed."""
+
+    inline = "inline"
+    """Apply the location's writes itself, under the location's lease."""
+    prefect = "prefect"
+    """Emit a Prefect event; a deployment trigger runs the apply flow for the location."""
+
+
+class WebhooksConfig(_Strict):
+    """`[webhooks]`: the receiver of Postalytics' webhooks (`mailsync webhook serve`)."""
+
+    secret_env: str | None = None
+    secret_secret: str | None = None
+    mode: WebhookMode = WebhookMode.inline
+    public_url: str | None = None
+    """The receiver's address as Postalytics reaches it (the TLS proxy), for `webhook url`."""
+
+    @property
+    def secret(self) -> SecretRef:
+        """The reference to the key every webhook URL carries (a ConfigError if none)."""
+        if not (self.secret_env or self.secret_secret):
+            raise ConfigError("[webhooks] needs secret_env or secret_secret: the key every "
+                              "webhook URL carries")
+        return SecretRef(env=self.secret_env, secret=self.secret_secret)
+
+
 class Settings(_Strict):
     """The whole configuration, validated."""
 
@@ -199,6 +227,7 @@ class Settings(_Strict):
     highlevel: HighLevelConfig = HighLevelConfig()
     locations: tuple[LocationConfig, ...] = ()
     campaigns: tuple[CampaignConfig, ...] = ()
+    webhooks: WebhooksConfig = WebhooksConfig()
     timezone: str = "UTC"
     """The IANA zone reports show times in (e.g. America/Toronto); the store keeps UTC."""
     source: str = "<defaults>"

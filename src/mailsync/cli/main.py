@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
-from mailsync.cli import demo, report, settle, sync
+from mailsync.cli import demo, report, settle, sync, webhook
 from mailsync.cli.config import config_app
 from mailsync.cli.db import db_app
 from mailsync.cli.options import err_console
@@ -40,6 +40,7 @@ settle.register(app)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sandbox_app, name="sandbox", help="Both APIs simulated over real HTTP.")
+webhook.register(app)
 
 
 def main() -> None:

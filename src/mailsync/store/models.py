@@ -78,6 +78,15 @@ class WriteStatus(StrEnum):
 OPEN_STATUSES = (WriteStatus.pending, WriteStatus.unknown)
 
 
+class EventSource(StrEnum):
+    """How an event first reached the store (`mail_events.source`)."""
+
+    poll = "poll"
+    """Read from Postalytics' events endpoint by a scheduled (or manual) sync."""
+    webhook = "webhook"
+    """Delivered by Postalytics' webhook to `mailsync webhook serve`."""
+
+
 class Campaign(SQLModel, table=True):
     """A Postalytics drop we sync, with its fetch cursor."""
 
@@ -98,7 +107,14 @@ class MailEvent(SQLModel, table=True):
     """One normalised Postalytics event; `key` is deterministic so re-fetches are no-ops."""
 
     __tablename__ = "mail_events"
-    __table_args__ = (Index("ix_mail_events_drop_at", "drop_id", "event_at"),)
+    __table_args__ = (
+        Index("ix_mail_events_drop_at", "drop_id", "event_at"),
+        # Unique indexes, not constraints: SQLite adds them without rebuilding the table, and
+        # an INSERT ... ON CONFLICT DO NOTHING skips on them just the same.
+        Index("uq_mail_events_match", "match_key", unique=True),
+        Index("uq_mail_events_poll_key", "poll_key", unique=True),
+        Index("ix_mail_events_drop_person", "drop_id", "person_key"),
+    )
 
     key: str = Field(primary_key=True, max_length=80)
     drop_id: str = Field(max_length=64)
@@ -114,6 +130,19 @@ class MailEvent(SQLModel, table=True):
     carried_contact_id: str | None = Field(default=None, max_length=255)
     fetched_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     run_id: str | None = Field(default=None, max_length=64)
+    match_key: str | None = Field(default=None, max_length=64)
+    """hash(drop, code, event time to the second, person): the same event whichever way it
+    came (webhook or events endpoint) has the same one; None when nothing names the person."""
+    person_key: str | None = Field(default=None, max_length=40)
+    """hash of who the piece went to, as both channels carry it (see sync.normalise)."""
+    zip: str | None = Field(default=None, max_length=16)
+    source: str = Field(default=EventSource.poll, max_length=8)
+    """An `EventSource`: the channel that stored the event first."""
+    received_at: datetime | None = Field(default=None, sa_column=_ts())
+    """When its webhook first arrived (None: no webhook came, or none yet)."""
+    poll_key: str | None = Field(default=None, max_length=80)
+    """On a webhook event the poll has read since: the key the events endpoint knows it by
+    (`e:<drop>:<EventId>`), so the poll recognises it as stored."""
 
 
 class QuarantinedEvent(SQLModel, table=True):

@@ -12,6 +12,11 @@ Within a page one bad record never blocks another: text a database cannot hold i
 in normalisation, and a row the database still refuses is quarantined alone (`unstorable`)
 while the rest of its page is stored. An event id served again with another code, date or
 recipient is quarantined (`id_reused`), once.
+
+An event a webhook stored first (`sync.match`) is one row with the one the poll reads: the
+poll finds it by its match key, the row learns the REST key (so later walks see it as
+stored and `id_reused` still applies to it), and webhook events waiting for the poll to
+say who their person is get their writes planned.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, WriteIn
 from mailsync.store.ops import insert_ignore, write_isolating
 from mailsync.store.reasons import QuarantineReason
 from mailsync.sync import failpoints
+from mailsync.sync.match import identify_waiting, read_before, sort_polled
 from mailsync.sync.normalise import fingerprint, normalise, quarantined
 from mailsync.sync.plan import plan_writes
 from mailsync.sync.walker import PAGE_SIZE, PageSeen, PageWalker, Stop
@@ -61,6 +67,8 @@ class CampaignResult:
     planned_by_kind: dict[str, int] = field(default_factory=dict)
     stopped: Stop | None = None
     """Why the walk over the events stopped."""
+    webhook_first: int = 0
+    """Events read that a webhook had stored first (one row each, written once)."""
 
 
 @dataclass
@@ -119,14 +127,20 @@ def _shown(value: object) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-def _stored_identities(session: Session, keys: list[str], memo: _Memo) -> dict[str, Identity]:
-    found = {k: memo.events[k] for k in keys if k in memo.events}
-    ask = [k for k in keys if k not in found]
+def _stored_identities(session: Session, by_key: dict[str, list[tuple[object, MailEvent]]],
+                       memo: _Memo) -> dict[str, Identity]:
+    found = {k: memo.events[k] for k in by_key if k in memo.events}
+    ask = [k for k in by_key if k not in found]
     if ask:
         rows = session.exec(select(MailEvent.key, MailEvent.code, MailEvent.event_at,
                                    MailEvent.recipient_key)
                             .where(col(MailEvent.key).in_(ask))).all()
         found.update({key: (code, at, rkey) for key, code, at, rkey in rows})
+        # Events a webhook stored first that an earlier walk read: known by their REST key.
+        rest = [k for k in ask if k not in found]
+        if rest:
+            for key, row in read_before(session, rest).items():
+                found[key] = row.identity_for(by_key[key][0][1])
     return found
 
 
@@ -138,7 +152,7 @@ def _sort_page(session: Session, items: list[tuple[object, MailEvent]], scope: _
     by_key: dict[str, list[tuple[object, MailEvent]]] = {}
     for raw, event in items:
         by_key.setdefault(event.key, []).append((raw, event))
-    stored = _stored_identities(session, list(by_key), memo)
+    stored = _stored_identities(session, by_key, memo)
     fresh: list[tuple[object, MailEvent]] = []
     reused: list[QuarantinedEvent] = []
     for key, seen in by_key.items():
@@ -165,6 +179,14 @@ def _write_events(session: Session, scope: _Scope, items: Sequence[tuple[object,
     planned = set(insert_ignore(session, rows, returning="intent_key"))
     unique = {r.intent_key: r for r in reversed(rows) if r.intent_key in planned}
     return _Written(new, list(unique.values()))
+
+
+def _identify_waiting(session: Session, scope: _Scope, written: list[_Written],
+                      absorbed: list[MailEvent]) -> _Written:
+    """Plan the writes of webhook events whose person this page's events identify."""
+    polled = [e for w in written for e in w.new] + absorbed
+    _, rows = identify_waiting(session, scope.campaign, polled, scope.run_id)
+    return _Written([], rows)
 
 
 def _insert_quarantine(session: Session, rows: list[QuarantinedEvent], memo: _Memo) -> int:
@@ -200,6 +222,9 @@ def _store_page(session: Session, raws: list[Any], scope: _Scope,
     memo.read.update(keys)
     events = [(raw, n.event) for raw, n in normalised if n.event is not None]
     fresh, quarantine = _sort_page(session, events, scope)
+    polled = sort_polled(session, fresh)
+    fresh = polled.fresh
+    memo.events.update((e.key, _identity(e)) for e in polled.absorbed)
     quarantine += [n.quarantine for _, n in normalised if n.quarantine is not None]
 
     written, refused = write_isolating(session, fresh, partial(_write_events, session, scope))
@@ -212,12 +237,16 @@ def _store_page(session: Session, raws: list[Any], scope: _Scope,
         quarantine.append(row)
     new_quarantine = _insert_quarantine(session, quarantine, memo)
     result.quarantined += new_quarantine
+    written.append(_identify_waiting(session, scope, written, polled.absorbed))
+    result.webhook_first += len(polled.absorbed)
     new_events = _tally(written, memo, result)
 
     cutoff = scope.cutoff
     return PageSeen(
-        raw_count=len(raws), new_events=new_events, repeats=repeats,
-        all_known=not fresh and new_quarantine == 0,
+        # An event a webhook stored first is new to the list all the same: it moved the
+        # pages down, and this walk had not read it.
+        raw_count=len(raws), new_events=new_events + len(polled.absorbed), repeats=repeats,
+        all_known=not fresh and not polled.absorbed and new_quarantine == 0,
         ends_old=cutoff is not None and bool(events) and events[-1][1].event_at < cutoff)
 
 

@@ -2,6 +2,13 @@
 
 The live event shape is undocumented, so keys are matched case- and underscore-insensitively
 through one alias table (`FIELD_ALIASES`): when the real shape is seen, only that changes.
+
+One event may arrive twice, by webhook and from the events endpoint, and only the REST shape
+has an event id. What both carry is the campaign, the code, the event time and who the piece
+went to, so every event gets a **match key**: hash(drop, code, event time to the second,
+person), where the person is the carried HighLevel contact id when there is one, else the
+normalised name and 5-digit zip, else the email (`person_key`). A webhook event is known by
+its match key alone (`w:<match key>`); a REST event keeps `e:<drop>:<EventId>`.
 """
 
 from __future__ import annotations
@@ -9,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from mailsync.codes import EventCode, UnknownEventLabel, parse_code
-from mailsync.store.models import MailEvent, QuarantinedEvent, detached
+from mailsync.store.models import EventSource, MailEvent, QuarantinedEvent, detached
 from mailsync.store.reasons import QuarantineReason
 
 # Folded key (lower case, no underscores or dashes) → our field. First match wins.
@@ -27,18 +36,27 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "recipient_id": ("dataid", "contactid", "recipientid"),
     "first_name": ("firstname", "first"),
     "last_name": ("lastname", "last"),
+    # The webhook's `To` names the receiver in one field.
+    "full_name": ("name", "fullname", "recipientname"),
+    "zip": ("zip", "zipcode", "postalcode", "postcode"),
     "email": ("email", "emailaddress"),
     "phone": ("phone", "phonenumber", "mobile"),
     "var_fields": ("varfields", "variablefields", "fields"),
     "metadata": ("metadata", "meta"),
     "url": ("url", "purl", "visitedurl"),
 }
-# Containers the recipient fields may be nested in (the webhook's `To` section).
-RECIPIENT_CONTAINERS = ("to", "recipient", "contact")
+# Containers the recipient fields may be nested in (the webhook's `To` section, the REST
+# `Address`; a webhook's `To.address` is the street, a string, and is not a container).
+RECIPIENT_CONTAINERS = ("to", "recipient", "contact", "address")
+# A webhook's own delivery fields: they change on every retry, so they are no part of the
+# event (and `status`, the HTTP result of the delivery, must not be read as its label).
+WEBHOOK_DELIVERY_FIELDS = frozenset({"status", "statusdescription", "retryattempts"})
+MATCH_VERSION = "m1"
+"""Part of every match key: a change to how keys are made must change this."""
 
 MAX_LEN = {"event_id": 64, "recipient_id": 64, "first_name": 255, "last_name": 255,
            "email": 320, "phone": 64, "expected_delivery": 32, "url": 2048,
-           "carried_contact_id": 255, "label": 64}
+           "carried_contact_id": 255, "label": 64, "full_name": 510, "zip": 16}
 MAX_PAYLOAD_CHARS = 20000
 
 # What a database cannot hold in text: PostgreSQL refuses NUL, and neither driver can encode a
@@ -139,10 +157,78 @@ def recipient_key(recipient_id: str | None, email: str | None, phone: str | None
                   first: str | None, last: str | None) -> str:
     """Postalytics' recipient id when it sends one, else a hash of who the piece went to."""
     if recipient_id:
-        return f"d:{recipient_id}"[:80]
+        return f"{RecipientKind.data_id.value}:{recipient_id}"[:80]
     if not (email or phone or first or last):
         raise BadEvent("no recipient: no DataId, email, phone or name")
-    return "h:" + short_hash((email or "").casefold(), phone, first, last, length=40)
+    return f"{RecipientKind.hashed.value}:" + short_hash((email or "").casefold(), phone, first,
+                                                         last, length=40)
+
+
+class RecipientKind(StrEnum):
+    """What a recipient key is made from (its prefix)."""
+
+    data_id = "d"
+    """Postalytics' recipient id (`DataId`), which only the events endpoint sends."""
+    hashed = "h"
+    """A hash of the email, phone and name the event carried."""
+    unidentified = "u"
+    """A webhook's person with nothing to find their contact by (no carried id, email or
+    phone) and no event stored before: their writes wait until the poll reads who it is."""
+
+
+def recipient_kind(key: str) -> RecipientKind:
+    """The kind of a recipient key."""
+    return RecipientKind(key.partition(":")[0])
+
+
+def unidentified_recipient(person: str) -> str:
+    """The recipient key of a person the store cannot identify yet (see RecipientKind)."""
+    return f"{RecipientKind.unidentified.value}:{person}"
+
+
+def name_form(*parts: str | None) -> str:
+    """A name as both channels can give it: "Ada Byrne", or "Ada" and "Byrne", or "ADA
+    BYRNE" all become "adabyrne" (letters and digits only, accents and case folded)."""
+    text = unicodedata.normalize("NFKD", " ".join(p for p in parts if p)).casefold()
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+def zip_form(zip_code: str | None) -> str | None:
+    """A postal code for matching: the 5-digit ZIP of a US code ("02110-1234" → "02110"),
+    else the code's letters and digits upper-cased (Canada: "m5v 2t6" → "M5V2T6")."""
+    text = "".join(ch for ch in (zip_code or "") if ch.isalnum()).upper()
+    if len(text) >= 5 and text[:5].isdigit():
+        return text[:5]
+    return text if len(text) >= 3 else None
+
+
+def person_key(carried: str | None, first: str | None, last: str | None,
+               zip_code: str | None, email: str | None) -> str | None:
+    """Who the piece went to, from what the webhook and the events endpoint both carry: the
+    carried HighLevel contact id, else the name and zip, else the email; None if none.
+
+    The order depends only on the recipient's own list data, which both channels echo, so
+    both compute the same key for one person.
+    """
+    if carried:
+        return short_hash("c", carried.strip(), length=40)
+    name, zip5 = name_form(first, last), zip_form(zip_code)
+    if name and zip5:
+        return short_hash("n", name, zip5, length=40)
+    if email and email.strip():
+        return short_hash("e", email.strip().casefold(), length=40)
+    return None
+
+
+def match_key(drop_id: str, code: str, event_at: datetime, person: str) -> str:
+    """The event's identity across channels: campaign, code, time to the second, person."""
+    second = event_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return short_hash(MATCH_VERSION, drop_id, code, second, person, length=40)
+
+
+def webhook_event_key(match: str) -> str:
+    """The key of an event first stored from a webhook (it has no event id)."""
+    return "w:" + match
 
 
 def _canonical(raw: object) -> str:
@@ -182,11 +268,27 @@ def quarantined(raw: object, drop_id: str, reason: QuarantineReason, detail: str
                     run_id=run_id)
 
 
+def without_delivery_fields(raw: object) -> object:
+    """A webhook payload without its delivery fields (`status`, `statusDescription`,
+    `retryAttempts`): a retried delivery is then the same payload, quarantined once."""
+    if not isinstance(raw, dict):
+        return raw
+    return {k: v for k, v in raw.items()
+            if not (isinstance(k, str) and _fold(k) in WEBHOOK_DELIVERY_FIELDS)}
+
+
 def normalise(raw: object, drop_id: str, contact_id_field: str | None = None,
-              run_id: str | None = None) -> Normalised:
-    """Turn one raw event into a MailEvent, or into a QuarantinedEvent with the reason."""
+              run_id: str | None = None, source: EventSource = EventSource.poll
+              ) -> Normalised:
+    """Turn one raw event into a MailEvent, or into a QuarantinedEvent with the reason.
+
+    A webhook payload (`source=webhook`) loses its delivery fields first, and must name its
+    person well enough to be matched with the events endpoint, or it is quarantined.
+    """
+    if source == EventSource.webhook:
+        raw = without_delivery_fields(raw)
     try:
-        return Normalised(event=_to_event(raw, drop_id, contact_id_field, run_id))
+        return Normalised(event=_to_event(raw, drop_id, contact_id_field, run_id, source))
     except BadEvent as exc:
         code, detail = QuarantineReason.bad_event, str(exc)
     except UnknownEventLabel as exc:
@@ -196,17 +298,22 @@ def normalise(raw: object, drop_id: str, contact_id_field: str | None = None,
     return Normalised(quarantine=quarantined(raw, drop_id, code, detail, run_id))
 
 
-def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
-              run_id: str | None) -> MailEvent:
-    if not isinstance(raw, dict):
-        raise BadEvent(f"event is a {type(raw).__name__}, not an object")
-    top = _folded(raw)
-    # Recipient fields may sit at the top or in a nested section (the webhook's `To`).
+def _recipient_fields(top: dict[str, Any]) -> dict[str, Any]:
+    """The recipient's fields, folded: at the top or in a nested section (the webhook's `To`,
+    the REST `Address`); the top wins, then the first section."""
     person = dict(top)
     for container in RECIPIENT_CONTAINERS:
         if isinstance(top.get(container), dict):
             person = {**_folded(top[container]), **person}
+    for container in ("to", "recipient", "contact"):  # an address inside the `To` section
+        inner = person.get(container)
+        nested = inner.get("address") if isinstance(inner, dict) else None
+        if isinstance(nested, dict):
+            person = {**_folded(nested), **person}
+    return person
 
+
+def _label(top: dict[str, Any]) -> EventCode:
     label = _pick(top, "label")
     if label is None:
         raise BadEvent("missing event label")
@@ -217,6 +324,30 @@ def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
     code = parse_code(label)
     if code in (EventCode.NONE,):
         raise BadEvent("status None: not a mail event")
+    return code
+
+
+def _names(person: dict[str, Any]) -> tuple[str | None, str | None]:
+    """First and last name; a single full name (the webhook's `To.name`) is split at its
+    last space, which `name_form` joins again, so matching does not depend on the split."""
+    first = _text("first_name", _pick(person, "first_name"))
+    last = _text("last_name", _pick(person, "last_name"))
+    if first or last:
+        return first, last
+    full = _text("full_name", _pick(person, "full_name"))
+    if not full:
+        return None, None
+    head, _, tail = full.rpartition(" ")
+    return (head.strip() or None, tail) if head else (full, None)
+
+
+def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
+              run_id: str | None, source: EventSource = EventSource.poll) -> MailEvent:
+    if not isinstance(raw, dict):
+        raise BadEvent(f"event is a {type(raw).__name__}, not an object")
+    top = _folded(raw)
+    person = _recipient_fields(top)
+    code = _label(top)
     event_at = parse_time(_pick(top, "event_at"))
 
     meta = _pick(top, "metadata")
@@ -224,24 +355,36 @@ def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
     url = _text("url", _pick(meta, "url") or _pick(top, "url"))
 
     var_fields = _pick(top, "var_fields") or _pick(meta, "var_fields")
+    variables = _folded(var_fields) if isinstance(var_fields, dict) else {}
     carried = None
-    if contact_id_field and isinstance(var_fields, dict):
-        carried = _text("carried_contact_id", _folded(var_fields).get(_fold(contact_id_field)))
+    if contact_id_field:
+        carried = _text("carried_contact_id", variables.get(_fold(contact_id_field)))
 
     recipient_id = _text("recipient_id", _pick(person, "recipient_id"))
-    first = _text("first_name", _pick(person, "first_name"))
-    last = _text("last_name", _pick(person, "last_name"))
-    email = _text("email", _pick(person, "email"))
-    phone = _text("phone", _pick(person, "phone"))
+    first, last = _names(person)
+    # The webhook carries no email of its own: the list's variable data may.
+    email = _text("email", _pick(person, "email") or _pick(variables, "email"))
+    phone = _text("phone", _pick(person, "phone") or _pick(variables, "phone"))
+    zip_code = _text("zip", _pick(person, "zip"))
     rkey = recipient_key(recipient_id, email, phone, first, last)
+    who = person_key(carried, first, last, zip_code, email)
+    match = match_key(drop_id, code.value, event_at, who) if who else None
 
     event_id = _text("event_id", _pick(top, "event_id"))
-    key = (f"e:{drop_id}:{event_id}" if event_id
-           else "h:" + short_hash(drop_id, rkey, code.value, event_at.isoformat(), url))
+    if event_id:
+        key = f"e:{drop_id}:{event_id}"
+    elif source == EventSource.webhook:
+        if match is None:
+            raise BadEvent("nothing to match it with the events endpoint by: no carried "
+                           "contact id, no name with a zip, no email")
+        key = webhook_event_key(match)
+    else:
+        key = "h:" + short_hash(drop_id, rkey, code.value, event_at.isoformat(), url)
     return detached(
         MailEvent, key=key[:80], drop_id=drop_id, recipient_key=rkey, code=code.value,
         event_at=event_at,
         expected_delivery=_text("expected_delivery", _pick(top, "expected_delivery")),
         url=url, first_name=first, last_name=last, email=email, phone=phone,
-        carried_contact_id=carried, run_id=run_id,
+        carried_contact_id=carried, run_id=run_id, match_key=match, person_key=who,
+        zip=zip_code, source=source,
     )
