@@ -1,0 +1,46 @@
+"""Write given locations' planned rows now: what a webhook's Prefect event runs.
+
+The `mailsync-apply` deployment (prefect.yaml) has a trigger on the receiver's event
+(`mailsync.location.writes-planned`), with the location taken from the event's resource.
+Each location is applied as the scheduled sync applies it (`tasks.sync.apply_location`),
+under the same lease, so the two never write one location at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from prefect import flow, unmapped
+from pydantic import Field
+
+from flows._common import collect, task_runner
+from mailsync.store.runs import Scope
+from tasks.sync import apply_location
+
+
+@flow(name="apply-locations", task_runner=task_runner(), persist_result=False,
+      description="Write the planned rows of the given HighLevel locations now.")
+def apply_locations(
+    locations: Annotated[list[str], Field(min_length=1)],
+    config_path: str | None = None,
+    lease_wait_seconds: Annotated[float, Field(ge=0)] = 60.0,
+) -> dict[str, Any]:
+    """One task per location applies its open ledger rows (all campaigns).
+
+    Args:
+        locations: HighLevel location ids (the webhook receiver's event names one).
+        config_path: Config file on the worker; empty means $MAILSYNC_CONFIG.
+        lease_wait_seconds: How long to wait for a location another run is applying (the
+            scheduled sync, or the apply of an earlier event) before leaving its rows to
+            the next run.
+    """
+    wanted = sorted(set(locations))
+    applies = apply_location.map(unmapped(config_path), wanted,
+                                 lease_wait_seconds=lease_wait_seconds)
+    applied, errors = collect(applies, wanted, Scope.location)
+    out = {"locations": {r.location_id: {str(k): v for k, v in sorted(r.outcomes.items())}
+                         for r in applied},
+           "errors": [str(e) for e in errors]}
+    if errors:
+        raise RuntimeError(f"{len(errors)} location(s) failed: " + "; ".join(out["errors"]))
+    return out

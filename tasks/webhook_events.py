@@ -1,0 +1,37 @@
+"""The webhook receiver's announcement in `prefect` mode: a Prefect event per location.
+
+`mailsync webhook serve` (mode `prefect`) hands `prefect_emitter()` to the receiver, which
+calls it, debounced, after committing a webhook's writes. The `mailsync-apply` deployment's
+trigger in prefect.yaml expects this event and runs the apply flow for the location named by
+the event's resource. It lives here because `src/mailsync/` never imports Prefect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mailsync.webhook.trigger import LOCATION_EVENT, LOCATION_RESOURCE_PREFIX
+
+
+def location_event(location_id: str) -> dict[str, Any]:
+    """The event's fields: its name, and the location as its resource (id and name)."""
+    return {"event": LOCATION_EVENT,
+            "resource": {"prefect.resource.id": LOCATION_RESOURCE_PREFIX + location_id,
+                         "prefect.resource.name": location_id}}
+
+
+def prefect_emitter() -> Callable[[str], None]:
+    """A callable that emits the location's event to the Prefect API ($PREFECT_API_URL).
+
+    `emit_event` queues the event for Prefect's background events worker and returns at
+    once; it returns None (and sends nothing) when no API is configured, which is said here
+    rather than lost.
+    """
+    from prefect.events import emit_event
+
+    def emit(location_id: str) -> None:
+        if emit_event(**location_event(location_id)) is None:
+            raise RuntimeError("Prefect did not take the event: is PREFECT_API_URL set?")
+
+    return emit
