@@ -35,7 +35,8 @@ from mailsync.sandbox.highlevel_api import (
 )
 from mailsync.sandbox.limits import HighLevelLimits, PostalyticsLimits, Stats
 from mailsync.sandbox.postalytics_api import PostalyticsAPI
-from mailsync.sandbox.scenario import Scenario, iso
+from mailsync.sandbox.scenario import Event, Scenario, iso
+from mailsync.sandbox.webhooks import WebhookOptions, WebhookSender
 
 POSTALYTICS_PREFIX = "/postalytics/api/v1"
 HIGHLEVEL_PREFIX = "/highlevel"
@@ -101,8 +102,20 @@ class Sandbox:
                               missing_contact_status=config.missing_contact_status))
         self.postalytics = PostalyticsAPI(self.scenario, self.pl_limits, self.faults,
                                           self.stats, config.time_scale, config.retry_after)
+        self.webhooks = WebhookSender(seed=config.seed)
         if config.start_hours:
             self.scenario.advance(config.start_hours)
+
+    def advance(self, hours: float) -> tuple[int, int]:
+        """Move the mail clock; the new events go to the campaigns' webhook URLs, oldest
+        first. Returns (events emitted, webhook deliveries queued)."""
+        before = [len(c.events) for c in self.scenario.campaigns]
+        emitted = self.scenario.advance(hours)
+        new: list[Event] = []
+        for camp, start in zip(self.scenario.campaigns, before, strict=True):
+            new += camp.events[start:]
+        new.sort(key=lambda e: e.at)
+        return emitted, self.webhooks.enqueue(new)
 
     # -- admin views --
 
@@ -210,12 +223,13 @@ def _admin_routes(sb: Sandbox) -> list[Route]:
         try:
             body = await _json_body(request)
             hours = float(request.query_params.get("hours", body.get("hours", 0)))
-            emitted = sb.scenario.advance(hours)
+            emitted, queued = sb.advance(hours)
         except ValueError as exc:
             return _json_error(400, str(exc))
         return JSONResponse({"clock": iso(sb.scenario.clock), "emitted": emitted,
                              "total": sb.scenario.emitted,
-                             "remaining": sb.scenario.scheduled - sb.scenario.emitted})
+                             "remaining": sb.scenario.scheduled - sb.scenario.emitted,
+                             "webhooks_queued": queued})
 
     async def hl_state(request: Request) -> Response:
         return JSONResponse(sb.hl_state(request.query_params.get("location")))
@@ -316,6 +330,22 @@ def _admin_routes(sb: Sandbox) -> list[Route]:
             return JSONResponse(error_body(404, "Contact not found"), status_code=404)
         return JSONResponse({"deleted": request.path_params["contact_id"]})
 
+    async def webhooks(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                body = await _json_body(request)
+                urls = body.get("urls")
+                if not isinstance(urls, dict) or not urls:
+                    raise ValueError('expected {"urls": {"<drop_id>": "<url>", ...}, '
+                                     '"options": {...}}')
+                options = WebhookOptions.from_mapping(body.get("options") or {})
+            except (TypeError, ValueError) as exc:
+                return _json_error(400, str(exc))
+            sb.webhooks.configure(urls, options)
+        elif request.method == "DELETE":
+            sb.webhooks.urls = {}
+        return JSONResponse(sb.webhooks.view(request.query_params.get("log") == "1"))
+
     async def violations(request: Request) -> Response:
         return JSONResponse({"violations": list(sb.highlevel.violations)})
 
@@ -335,6 +365,7 @@ def _admin_routes(sb: Sandbox) -> list[Route]:
         Route("/stats/reset", stats_reset, methods=["POST"]),
         Route("/limits/reset", limits_reset, methods=["POST"]),
         Route("/faults", faults, methods=["GET", "POST"]),
+        Route("/webhooks", webhooks, methods=["GET", "POST", "DELETE"]),
     ]
 
 

@@ -3,6 +3,10 @@
 Expected: every selected code of a matched recipient's events as a tag on their contact, and
 exactly one note per selected event (found by the note's marker); nothing else of ours.
 The demo ends with this check and the end-to-end tests assert it.
+
+An event's note carries the marker of the key it was stored under: `e:<drop>:<EventId>` when
+the poll stored it first, `w:<match key>` when its webhook did. Either counts, once: a note
+under each would be a duplicate.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from mailsync.codes import EventCode, code_from_tag, codes_for_country, parse_code, tag_for, tag_key
+from mailsync.sync.normalise import match_key, person_key, webhook_event_key
 from mailsync.sync.notes import MARKER_PREFIX, marker_for
 
 
@@ -57,6 +63,23 @@ def _marker_of(body: str) -> str | None:
     return body[idx + len(MARKER_PREFIX):].split()[0] if body[idx + len(MARKER_PREFIX):] else None
 
 
+def _markers(drop: str, ev: Mapping[str, Any], who: Mapping[str, Any] | None,
+             carried_field: str | None) -> tuple[str, ...]:
+    """The markers the event's note may carry: from its REST key, and from the key its
+    webhook would have stored it under (see sync.normalise)."""
+    markers = [marker_for(f"e:{drop}:{ev['event_id']}")]
+    if who is not None:
+        carried = (who.get("var_fields") or {}).get(carried_field or "") or None
+        zip_code = (who.get("address") or {}).get("Zip")
+        person = person_key(carried, who.get("first_name"), who.get("last_name"), zip_code,
+                            who.get("email"))
+        if person is not None:
+            at = datetime.fromisoformat(str(ev["event_date"]).replace("Z", "+00:00"))
+            markers.append(marker_for(webhook_event_key(
+                match_key(drop, parse_code(ev["code"]).value, at, person))))
+    return tuple(markers)
+
+
 def compare(truth: Mapping[str, Any], recipients: Iterable[Mapping[str, Any]],
             state: Mapping[str, Any],
             selected: Mapping[str, Iterable[EventCode | str]] | None = None) -> EndState:
@@ -64,10 +87,10 @@ def compare(truth: Mapping[str, Any], recipients: Iterable[Mapping[str, Any]],
 
     `selected` maps drop id → codes written (default: every code of the campaign's country).
     """
-    contact_of = {(str(r["drop_id"]), str(r["data_id"])): r.get("hl_contact_id")
-                  for r in recipients}
+    people = {(str(r["drop_id"]), str(r["data_id"])): r for r in recipients}
+    contact_of = {k: r.get("hl_contact_id") for k, r in people.items()}
     want_tags: set[tuple[str, str]] = set()
-    want_notes: dict[str, str] = {}  # marker → contact id
+    want_notes: dict[str, tuple[str, str]] = {}  # marker → (contact id, the event's REST key)
     out = EndState()
     for camp in truth["campaigns"]:
         drop = str(camp["drop_id"])
@@ -84,7 +107,9 @@ def compare(truth: Mapping[str, Any], recipients: Iterable[Mapping[str, Any]],
                 out.unmatched_events += 1
                 continue
             want_tags.add((contact, tag_key(tag_for(code))))
-            want_notes[marker_for(f"e:{drop}:{ev['event_id']}")] = contact
+            for marker in _markers(drop, ev, people.get((drop, str(ev["data_id"]))),
+                                   camp.get("contact_id_field")):
+                want_notes[marker] = (contact, f"e:{drop}:{ev['event_id']}")
 
     have_tags: set[tuple[str, str]] = set()
     note_count: Counter[tuple[str, str]] = Counter()
@@ -98,14 +123,18 @@ def compare(truth: Mapping[str, Any], recipients: Iterable[Mapping[str, Any]],
             if marker:
                 note_count[(cid, marker)] += 1
 
-    out.expected_tags, out.expected_notes = len(want_tags), len(want_notes)
+    per_event: dict[tuple[str, str], list[str]] = {}
+    for marker, (contact, event) in want_notes.items():
+        per_event.setdefault((contact, event), []).append(marker)
+    out.expected_tags, out.expected_notes = len(want_tags), len(per_event)
     out.missing_tags = sorted(want_tags - have_tags)
     out.extra_tags = sorted(have_tags - want_tags)
-    for marker, contact in want_notes.items():
-        n = note_count.get((contact, marker), 0)
+    for (contact, _event), markers in per_event.items():
+        n = sum(note_count.get((contact, m), 0) for m in markers)
         if n == 0:
-            out.missing_notes.append((contact, marker))
+            out.missing_notes.append((contact, markers[0]))
         elif n > 1:
-            out.duplicate_notes.append((contact, marker, n))
-    out.extra_notes = sorted(k for k in note_count if want_notes.get(k[1]) != k[0])
+            out.duplicate_notes.append((contact, markers[0], n))
+    out.extra_notes = sorted(k for k in note_count
+                             if (want_notes.get(k[1]) or ("",))[0] != k[0])
     return out

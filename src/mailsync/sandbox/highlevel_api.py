@@ -98,6 +98,9 @@ class Contact:
     source: str | None = None
     date_added: str = field(default_factory=_now_iso)
     date_updated: str = field(default_factory=_now_iso)
+    tag_added: dict[str, str] = field(default_factory=dict)
+    """When each tag was last added (wall clock): how late a webhook's tag came, for the
+    latency benchmark. Admin view only; the API does not show it."""
 
     def to_api(self) -> dict[str, Any]:
         """The contact as the API returns it; absent fields are left out (the spec has no nulls)."""
@@ -120,7 +123,8 @@ class Contact:
         return {"id": self.id, "locationId": self.location_id, "firstName": self.first_name,
                 "lastName": self.last_name, "email": self.email, "phone": self.phone,
                 "tags": list(self.tags), "notes": list(self.notes),
-                "dateAdded": self.date_added, "dateUpdated": self.date_updated}
+                "dateAdded": self.date_added, "dateUpdated": self.date_updated,
+                "tagsAddedAt": dict(self.tag_added)}
 
 
 _CONTACT_FIELDS = {"firstName": "first_name", "lastName": "last_name", "email": "email",
@@ -211,6 +215,7 @@ def add_tags(contact: Contact, tags: list[str]) -> int:
         t = " ".join(tag.split()).lower()
         if t and t not in have:
             contact.tags.append(t)
+            contact.tag_added[t] = _now_iso()
             have.add(t)
             added += 1
     return added

@@ -192,6 +192,27 @@ class SandboxServer:
         """Delete a HighLevel contact directly."""
         return self._call("DELETE", f"/highlevel/contacts/{contact_id}")
 
+    def set_webhooks(self, urls: dict[str, str], **options: Any) -> dict[str, Any]:
+        """POST /_sandbox/webhooks: deliver each new event of these campaigns to its URL as
+        the clock advances; options are `WebhookOptions` fields (duplicate_rate, reorder,
+        lost_rate, retry_attempts, retry_delay, concurrency, timeout)."""
+        return self._call("POST", "/webhooks", json={"urls": urls, "options": options})
+
+    def webhooks(self, log: bool = False) -> dict[str, Any]:
+        """GET /_sandbox/webhooks: counts, whether deliveries are idle, and the log."""
+        return self._call("GET", "/webhooks", params={"log": "1"} if log else None)
+
+    def wait_webhooks(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until every queued delivery (retries included) is done; the final view."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.webhooks()
+            if view["idle"]:
+                return view
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"webhook deliveries still pending: {view}")
+            time.sleep(0.05)
+
     def violations(self) -> list[dict[str, Any]]:
         """Requests that broke the HighLevel OpenAPI file since the last stats reset."""
         return self._call("GET", "/highlevel/violations")["violations"]
