@@ -31,6 +31,7 @@ from mailsync.report.problems import ProblemRow, problem_tables
 from mailsync.report.quarantine import quarantine_frame
 from mailsync.report.render import write_report_files
 from mailsync.report.rules import LocationFacts, Owner, RowFacts, Verdict, classify
+from mailsync.report.webhooks import channels_frame
 from mailsync.store.models import SyncRun, WriteIntent, WriteStatus
 from mailsync.store.reasons import Reason
 
@@ -108,6 +109,7 @@ def build_report(engine: Engine, *, run_id: str | None = None, since: datetime |
                   quarantined=local(quarantined), funnel=frames.funnel(events, campaigns, names),
                   runs=local(frames.runs_frame(runs, scope)),
                   unstored=local(frames.unstored_frame(unstored, names)),
+                  webhooks=channels_frame(engine, scope, names),
                   filters={k: v for k, v in filters.items() if v is not None},
                   generated_at=names.local(now) or now, names=names)
 

@@ -55,6 +55,7 @@ class Report:
     steps: pd.DataFrame = _empty(STEP_COLUMNS)  # noqa: RUF009
     runs: pd.DataFrame = _empty(RUN_COLUMNS)  # noqa: RUF009
     unstored: pd.DataFrame = _empty(UNSTORED_COLUMNS)  # noqa: RUF009
+    webhooks: pd.DataFrame = field(default_factory=pd.DataFrame)  # report.webhooks
     filters: dict[str, Any] = field(default_factory=dict)
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     names: ReportNames = field(default_factory=ReportNames)

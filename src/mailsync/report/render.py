@@ -14,6 +14,7 @@ from mailsync.report.html import render_html
 from mailsync.report.markdown import TIME_FORMAT, frame_table
 from mailsync.report.model import Report, describe_filters
 from mailsync.report.safe import csv_frame, md_text
+from mailsync.report.webhooks import webhooks_markdown
 
 FILE_FORMATS = ("csv", "json", "html")
 MARKDOWN_GROUPS = 50
@@ -51,6 +52,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "quarantined": records(report.quarantined),
         "unstored": records(report.unstored),
         "funnel": records(report.funnel),
+        "webhooks": records(report.webhooks),
     }
 
 
@@ -104,6 +106,7 @@ def markdown_summary(report: Report, limit: int = MARKDOWN_GROUPS) -> str:
         lines += ["", "## Campaigns no longer configured", "",
                   "In the store from an earlier configuration; not synced any more.", ""]
         lines += frame_table(apart, SUMMARY_SHOWN, labels=SUMMARY_LABELS, right=NUMERIC)
+    lines += webhooks_markdown(report.webhooks)
     return "\n".join(lines) + "\n"
 
 
