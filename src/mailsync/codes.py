@@ -6,6 +6,7 @@ shape is seen, only the alias table below should need to change.
 
 from __future__ import annotations
 
+import difflib
 import re
 from enum import StrEnum
 
@@ -30,14 +31,24 @@ class EventCode(StrEnum):
 
 
 class UnknownEventLabel(ValueError):
-    """A label or integer that names no known event code."""
+    """A label or integer that names no known event code. The message is short (it is kept
+    with every quarantined event); `choices` is the longer form for a person typing codes."""
 
     def __init__(self, label: object) -> None:
         self.label = label
         shown = repr(label)
         if len(shown) > 80:
             shown = shown[:77] + "..."
+        self.shown = shown
         super().__init__(f"unknown event label {shown}")
+
+    def choices(self) -> str:
+        """`unknown event code 'Mailled' (did you mean Mailed?): the codes are MailPieceCreated,
+        ...` (the closest spelling, then every code a config may name)."""
+        guess = closest_code(self.label) if isinstance(self.label, str) else None
+        hint = f" (did you mean {guess.value}?)" if guess else ""
+        return (f"unknown event code {self.shown}{hint}: the codes are "
+                f"{', '.join(c.value for c in MAIL_CODES)}")
 
 
 # (code, REST label, other spellings, webhook eventType, meaning for a person)
@@ -128,6 +139,15 @@ def parse_code(label: object) -> EventCode:
         if code is not None:
             return code
     raise UnknownEventLabel(label)
+
+
+def closest_code(label: str) -> EventCode | None:
+    """The code whose spelling (CRM name or REST label) is closest to a mistyped one."""
+    spellings = {_fold(s): code for code, s in ((row[0], sp) for row in _TABLE
+                                                 for sp in (row[0].value, row[1], *row[2]))
+                 if code in MAIL_CODES}
+    found = difflib.get_close_matches(_fold(label), list(spellings), n=1, cutoff=0.6)
+    return spellings[found[0]] if found else None
 
 
 def codes_for_country(country: str) -> frozenset[EventCode]:

@@ -6,13 +6,14 @@ Prefect Secret block (`*_secret`) that holds each one, and they are resolved at 
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -165,7 +166,7 @@ class CampaignConfig(_Strict):
             try:
                 out.append(parse_code(item))
             except UnknownEventLabel as exc:
-                raise ValueError(str(exc)) from None
+                raise ValueError(exc.choices()) from None
         return tuple(out)
 
     @field_validator("contact_id_field")
@@ -286,12 +287,47 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the table at `loc` (the path of an unknown key) accepts."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return [k for k in model.model_fields if k != "source"]
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (`LocationConfig`, `tuple[X, ...]`, `X | None`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    """`unknown key (did you mean token_env?)`: the closest key the table accepts."""
+    allowed = _allowed_keys(loc)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6) if loc else []
+    if close:
+        return f"unknown key (did you mean {close[0]}?)"
+    return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
+
+
 def _format_error(source: str, exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = _unknown_key(tuple(err["loc"]))
     key = f" {loc}:" if loc else ""
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{source}:{key} {msg}{more}"
@@ -344,9 +380,12 @@ def anchor_sqlite_url(url: str, base: Path) -> str:
     if not url.startswith(prefix) or url.startswith(prefix + "/"):
         return url
     path, sep, query = url[len(prefix):].partition("?")
-    if not path or path == ":memory:":
+    # SQLite's URI form (`file:x.db?mode=ro&uri=true`) anchors the path after `file:`.
+    uri = "file:" if path.startswith("file:") and "uri=true" in query else ""
+    path = path[len(uri):]
+    if not path or path == ":memory:" or path.startswith("/"):
         return url
-    return f"{prefix}{(base / path).resolve()}{sep}{query}"
+    return f"{prefix}{uri}{(base / path).resolve()}{sep}{query}"
 
 
 def _anchor_database(data: dict[str, Any], base: Path, source: str) -> None:

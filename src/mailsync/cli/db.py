@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
-from mailsync.cli.options import ConfigOpt, console, friendly_errors, settings_from
+from mailsync.cli.options import ConfigOpt, console, friendly_errors, literal, settings_from
 from mailsync.store.engine import head_revision, store_identity, upgrade_database
 
 db_app = typer.Typer(no_args_is_help=True, help="The mailsync database.")
@@ -18,11 +17,13 @@ def db_upgrade(config: ConfigOpt = None) -> None:
     settings = settings_from(config)
     url = settings.database.url
     before, after = upgrade_database(url)
-    where = escape(store_identity(url).describe())
+    where = store_identity(url).describe()
     if before == after:
-        console.print(f"{where}: already at revision {after}; nothing to do.", soft_wrap=True)
+        console.print(literal(f"{where}: already at revision {after}; nothing to do."),
+                      soft_wrap=True)
     else:
-        console.print(f"{where}: upgraded from {before or 'empty'} to {after}.", soft_wrap=True)
+        console.print(literal(f"{where}: upgraded from {before or 'empty'} to {after}."),
+                      soft_wrap=True)
 
 
 @db_app.command("revision")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import threading
 from collections.abc import Iterator
@@ -14,10 +15,13 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError as AlembicError
 from sqlalchemy import event, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
+
+from mailsync.store.errors import StoreError, StoreProblem, install, masked_url, translate
 
 
 def normalise_url(url: str) -> str:
@@ -45,12 +49,40 @@ def _engine(url: str) -> Engine:
         return _engines[url]
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names (also in its `file:` URI form), None for memory or for
+    another database."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") and parsed.query.get("uri") == "true":
+        database = database[len("file:"):].partition("?")[0]
+        if not database or database == ":memory:":
+            return None
+    return Path(database)
+
+
+def _os_failure(exc: OSError, url: str) -> StoreError:
+    """A file-system failure around a SQLite file (its folder, its lock file), as a store
+    failure: what the OS said, and what to do."""
+    problem = {errno.EROFS: StoreProblem.read_only, errno.ENOSPC: StoreProblem.disk_full,
+               errno.EDQUOT: StoreProblem.disk_full}.get(exc.errno or 0,
+                                                         StoreProblem.cannot_open)
+    return StoreError(problem, masked_url(url), exc.strerror or type(exc).__name__)
+
+
 def _create(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _os_failure(exc, url) from None
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        install(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -62,7 +94,9 @@ def _create(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    install(engine)
+    return engine
 
 
 def get_engine(url: str, *, upgrade: bool = True) -> Engine:
@@ -80,9 +114,27 @@ _upgraded: set[str] = set()
 def _ensure_upgraded(url: str) -> None:
     if url in _upgraded:
         return
-    if current_revision(url) != head_revision():
+    current = current_revision(url)
+    if current != head_revision():
+        _check_known(url, current)
         upgrade_database(url)
     _upgraded.add(url)
+
+
+def known_revision(revision: str) -> bool:
+    """Whether this version of mailsync ships the schema revision `revision`."""
+    scripts = ScriptDirectory.from_config(_alembic_config("sqlite://"))
+    return revision in {s.revision for s in scripts.walk_revisions()}
+
+
+def _check_known(url: str, revision: str | None) -> None:
+    """Refuse a store whose revision this version does not ship (a newer mailsync migrated
+    it): upgrading would fail deep inside Alembic, and writing would corrupt it."""
+    if revision is None:
+        return
+    if not known_revision(revision):
+        raise StoreError(StoreProblem.schema_unknown, masked_url(url),
+                         f"revision {revision}; this version knows up to {head_revision()}")
 
 
 def _alembic_config(url: str) -> AlembicConfig:
@@ -113,28 +165,42 @@ def upgrade_database(url: str) -> tuple[str | None, str | None]:
     with _sqlite_migration_lock(url):
         before = current_revision(url)
         if before != head_revision():
-            cfg = _alembic_config(url)
-            with _engine(url).begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                                 {"k": _MIGRATION_LOCK})
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+            _check_known(url, before)
+            _migrate(url)
     _upgraded.add(url)
     return before, current_revision(url)
+
+
+def _migrate(url: str) -> None:
+    cfg = _alembic_config(url)
+    with _engine(url).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+        cfg.attributes["connection"] = conn
+        try:
+            command.upgrade(cfg, "head")
+        except AlembicError as exc:
+            # A store Alembic cannot bring to head (a missing or edited revision row).
+            failure = translate(exc, url)
+            raise failure or StoreError(StoreProblem.not_migrated, masked_url(url),
+                                        str(exc).splitlines()[0][:160]) from None
 
 
 @contextmanager
 def _sqlite_migration_lock(url: str) -> Iterator[None]:
     """An exclusive lock beside a SQLite file for the length of a migration: SQLite has no
     advisory lock, and two first uses would both try to create the tables."""
-    database = make_url(url).database
-    if make_url(url).get_backend_name() != "sqlite" or not database or database == ":memory:":
+    database = sqlite_path(url)
+    if database is None:
         yield
         return
     lock = Path(f"{database}-migrate.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock.open("a")
+    except OSError as exc:
+        raise _os_failure(exc, url) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -166,8 +232,8 @@ def store_identity(url: str) -> StoreIdentity:
 def existing_identity(url: str) -> StoreIdentity | None:
     """The identity of the store at `url` if it exists and is migrated; never creates it."""
     url = normalise_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+    path = sqlite_path(url)
+    if make_url(url).get_backend_name() == "sqlite" and (path is None or not path.is_file()):
         return None
     with _engine(url).connect() as conn:
         if not sa_inspect(conn).has_table("store_meta"):

@@ -24,6 +24,8 @@ class ErrorKind(StrEnum):
     """The API refused the location's token or the Postalytics key."""
     unreachable = "unreachable"
     config = "config"
+    store = "store"
+    """The store failed (unreachable, read-only, full) while the campaign or location ran."""
     remote = "remote"
     internal = "internal"
 
