@@ -51,6 +51,7 @@ def _per_write_flow() -> Any:
     from mailsync.store.models import WriteIntent, WriteKind, WriteStatus
     from mailsync.sync.apply import _STATUS_OF, _mark
     from mailsync.sync.resolve import load_recipients, resolve
+    from tasks.artifacts import publish
     from tasks.context import build_context
     from tasks.sync import COMMON, begin_run, fetch_and_plan, finish_run
 
@@ -110,7 +111,8 @@ def _per_write_flow() -> Any:
         todo = units(config_path, plan.locations)
         writes = write_one.map(unmapped(config_path), todo)
         done, write_errors = collect(writes, [str(u[1][0]) for u in todo], "write")
-        out = finish_run(config_path, plan, "sync", False, fetched, [], errors + write_errors)
+        out = publish(finish_run(config_path, plan, "sync", False, fetched, [],
+                                 errors + write_errors))
         return {**out, "tasks": len(todo), "statuses": {s: done.count(s) for s in set(done)}}
 
     return sync_per_write

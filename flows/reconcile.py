@@ -10,21 +10,22 @@ from pydantic import Field
 
 from flows._common import collect, task_runner
 from mailsync.store.models import utcnow
+from tasks.artifacts import publish
 from tasks.reconcile import locations, report, verify_location
 
 
 @flow(name="reconcile", task_runner=task_runner(), persist_result=False,
       description="Report every write that was rejected or missed; optionally verify.")
 def reconcile(
-    since_hours: Annotated[float | None, Field(gt=0)] = None,
+    since_hours: Annotated[float, Field(ge=0)] = 0,
     verify: bool = False,
     fix: bool = False,
-    config_path: str | None = None,
+    config_path: str = "",
 ) -> dict[str, Any]:
     """Optionally read HighLevel back (one task per location), then publish the report.
 
     Args:
-        since_hours: Only writes planned in the last this many hours; empty means
+        since_hours: Only writes planned in the last this many hours; 0 means
             everything in the ledger.
         verify: Read back the contacts done writes touched and report drifted writes
             (tags or notes removed in HighLevel since).
@@ -32,13 +33,15 @@ def reconcile(
         config_path: Config file on the worker; empty means $MAILSYNC_CONFIG.
     """
     since = utcnow() - timedelta(hours=since_hours) if since_hours else None
+    config_path = config_path or None  # type: ignore[assignment]  # "" from the UI: not set
     verified: list[Any] = []
     errors: list[str] = []
     if verify:
         locs = locations(config_path)
         checks = verify_location.map(unmapped(config_path), locs, since=since, fix=fix)
         verified, errors = collect(checks, locs, "verify")
-    out = report(config_path, since, verified)
+    # Published here, in the flow's body, so the artifacts are the flow run's own.
+    out = publish(report(config_path, since, verified))
     if errors:
         raise RuntimeError("; ".join(errors))
     return out

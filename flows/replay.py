@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from prefect import flow, unmapped
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from flows._common import collect, task_runner
 from mailsync.store.runs import Scope
 from mailsync.sync.runner import REPLAY_STATUSES
+from tasks.artifacts import publish
 from tasks.sync import apply_location, begin_run, finish_run
 
 ReplayStatus = Literal["pending", "rejected", "failed", "unknown"]
@@ -20,9 +21,10 @@ ReplayStatus = Literal["pending", "rejected", "failed", "unknown"]
       description="Re-send every selected write that is not done (after fixing the cause).")
 def replay(
     statuses: Annotated[list[ReplayStatus], Field(min_length=1)] = list(REPLAY_STATUSES),  # noqa: B006
-    campaigns: list[str] | None = None,
-    since: datetime | None = None,
-    config_path: str | None = None,
+    campaigns: list[str] = [],  # noqa: B006 (never mutated; the UI shows an empty list)
+    since: Annotated[datetime | None, WithJsonSchema(
+        {"type": "string", "format": "date-time", "title": "since"})] = None,
+    config_path: str = "",
     lease_wait_seconds: Annotated[float, Field(ge=0)] = 120.0,
 ) -> dict[str, Any]:
     """One task per location re-resolves contacts and re-sends its selected writes.
@@ -30,20 +32,23 @@ def replay(
     Args:
         statuses: Ledger statuses to re-send.
         campaigns: Only these drop ids; empty means every configured campaign.
-        since: Only writes planned at or after this time (UTC if no zone is given).
+        since: Only writes planned at or after this time (UTC if no zone is given);
+            empty means every write.
         config_path: Config file on the worker; empty means $MAILSYNC_CONFIG.
         lease_wait_seconds: How long to wait for a location a scheduled sync is applying.
     """
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
+    config_path = config_path or None  # the UI's form sends "" for "not set"
     plan = begin_run(config_path, "replay", campaigns)
     applies = apply_location.map(unmapped(config_path), plan.locations,
                                  statuses=unmapped(list(statuses)),
                                  drop_ids=unmapped(campaigns or None), since=since,
                                  reresolve=True, lease_wait_seconds=lease_wait_seconds)
     applied, errors = collect(applies, plan.locations, Scope.location)
-    out = finish_run(config_path, plan, "replay", False, [], applied, errors,
-                     drop_ids=campaigns or None)
+    # Published here, in the flow's body, so the artifacts are the flow run's own.
+    out = publish(finish_run(config_path, plan, "replay", False, [], applied, errors,
+                             drop_ids=campaigns or None))
     if errors:
         raise RuntimeError(f"{len(errors)} step(s) failed: " + "; ".join(errors))
     return out

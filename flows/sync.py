@@ -9,17 +9,18 @@ from pydantic import Field
 
 from flows._common import collect, task_runner
 from mailsync.store.runs import Scope
+from tasks.artifacts import publish
 from tasks.sync import apply_location, begin_run, fetch_and_plan, finish_run
 
 
 @flow(name="sync-campaigns", task_runner=task_runner(), persist_result=False,
       description="Fetch new Postalytics events and write them to HighLevel as tags and notes.")
 def sync_campaigns(
-    campaigns: list[str] | None = None,
+    campaigns: list[str] = [],  # noqa: B006 (never mutated; the UI shows an empty list)
     dry_run: bool = False,
-    lookback_hours: Annotated[float | None, Field(gt=0)] = None,
-    max_pages: Annotated[int | None, Field(ge=1)] = None,
-    config_path: str | None = None,
+    lookback_hours: Annotated[float, Field(ge=0)] = 0,
+    max_pages: Annotated[int, Field(ge=0)] = 0,
+    config_path: str = "",
     lease_wait_seconds: Annotated[float, Field(ge=0)] = 0.0,
 ) -> dict[str, Any]:
     """One schedule tick: one task per campaign to fetch and plan, one per location to apply.
@@ -27,17 +28,20 @@ def sync_campaigns(
     Args:
         campaigns: Drop ids to sync; empty means every configured campaign.
         dry_run: Fetch and plan only: record what would be written, write nothing.
-        lookback_hours: Re-read events this many hours behind the newest stored one
-            (default: each campaign's setting).
-        max_pages: Page cap per campaign for this run (default: each campaign's setting).
+        lookback_hours: Re-read events this many hours behind the newest stored one;
+            0 means each campaign's setting (lookback_hours in the config, default 72).
+        max_pages: Page cap per campaign for this run; 0 means each campaign's setting
+            (max_pages in the config, default 200).
         config_path: Config file on the worker; empty means $MAILSYNC_CONFIG.
         lease_wait_seconds: How long to wait for a location another worker is applying
             before leaving its rows to the next run.
     """
+    # The UI's form sends 0 and "" for "not set": the library's None.
+    config_path, lookback, pages = config_path or None, lookback_hours or None, max_pages or None
     plan = begin_run(config_path, "sync", campaigns, dry_run)
     fetches = fetch_and_plan.map(unmapped(config_path), plan.drop_ids, unmapped(plan.run_id),
-                                 dry_run=dry_run, lookback_hours=lookback_hours,
-                                 max_pages=max_pages)
+                                 dry_run=dry_run, lookback_hours=lookback,
+                                 max_pages=pages)
     fetched, errors = collect(fetches, plan.drop_ids, Scope.campaign)
     applied: list[Any] = []
     if not dry_run:
@@ -48,8 +52,9 @@ def sync_campaigns(
                                      lease_wait_seconds=lease_wait_seconds)
         applied, apply_errors = collect(applies, plan.locations, Scope.location)
         errors += apply_errors
-    out = finish_run(config_path, plan, "sync", dry_run, fetched, applied, errors,
-                     drop_ids=campaigns or None)
+    # Published here, in the flow's body, so the artifacts are the flow run's own.
+    out = publish(finish_run(config_path, plan, "sync", dry_run, fetched, applied, errors,
+                             drop_ids=campaigns or None))
     if errors:
         # After the artifacts: the run shows as failed, with its summary saying why.
         raise RuntimeError(f"{len(errors)} step(s) failed: " + "; ".join(errors))

@@ -3,6 +3,11 @@
 Keys are stable (the UI shows an artifact's history under its key) and hold only lowercase
 letters, digits and dashes, as Prefect requires. Every text goes through `redact`, so a
 token echoed in an error message never reaches the Prefect API.
+
+Tasks compose a run's artifacts (`RunArtifacts`) and return them; the flow publishes them
+(`publish`), so they belong to the flow run itself: Prefect files an artifact under the
+task run it was created in, and support looks for a run's report on the flow run's page.
+Only the progress of a location's apply stays with its task.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from mailsync.redact import redact
+from mailsync.report.safe import clip, md_text, visible
 
 log = logging.getLogger("mailsync.artifacts")
 
@@ -40,8 +47,9 @@ def artifact_key(*parts: str) -> str:
 def _cell(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
-    text = redact(value)
-    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+    # The UI renders table cells as markdown: outside text is escaped to stay text (a
+    # name's `<b>`, a `[link](javascript:..)`), control characters shown, long reasons cut.
+    return md_text(clip(visible(redact(value)), MAX_CELL))
 
 
 def table_chunks(rows: Sequence[Mapping[str, Any]],
@@ -74,6 +82,52 @@ def publish_markdown(key: str, markdown: str, description: str) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(redact(markdown), key=key, description=redact(description))
+
+
+@dataclass(frozen=True)
+class TableArtifact:
+    """A table to publish under `key` (split in parts of `MAX_TABLE_ROWS`)."""
+
+    key: str
+    rows: list[dict[str, Any]]
+    description: str
+
+
+@dataclass(frozen=True)
+class MarkdownArtifact:
+    """A markdown text to publish under `key` (its outside values already escaped)."""
+
+    key: str
+    markdown: str
+    description: str
+
+
+@dataclass
+class RunArtifacts:
+    """What a task composed for its flow run to publish, and the result it reports."""
+
+    result: dict[str, Any]
+    markdown: list[MarkdownArtifact] = field(default_factory=list)
+    tables: list[TableArtifact] = field(default_factory=list)
+
+
+def publish(artifacts: RunArtifacts) -> dict[str, Any]:
+    """Create the artifacts; call it in the flow's own body, so they are the flow run's.
+
+    An artifact Prefect refuses (API down, too large) is logged, never fatal: the ledger,
+    not the artifact, is the record. Returns the task's result.
+    """
+    for md in artifacts.markdown:
+        try:
+            publish_markdown(md.key, md.markdown, md.description)
+        except Exception as exc:
+            log.warning("artifact %s not created: %s", md.key, redact(exc))
+    for table in artifacts.tables:
+        try:
+            publish_table(table.key, table.rows, table.description)
+        except Exception as exc:
+            log.warning("artifact %s not created: %s", table.key, redact(exc))
+    return artifacts.result
 
 
 def start_progress(location_id: str, description: str) -> UUID | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from prefect import get_run_logger, task
 
@@ -13,8 +12,10 @@ from mailsync.report import verify as lib
 from mailsync.report.build import build_report
 from mailsync.report.model import DriftFinding
 from mailsync.report.render import markdown_summary
-from tasks.artifacts import publish_markdown, publish_table
+from mailsync.report.safe import md_text
+from tasks.artifacts import MarkdownArtifact, RunArtifacts
 from tasks.context import build_context
+from tasks.report import problem_tables
 from tasks.sync import COMMON, retry_unless_config
 
 
@@ -45,28 +46,29 @@ def verify_location(config_path: str | None, location_id: str, since: datetime |
     return result
 
 
+def _verify_markdown(verified: Sequence[lib.VerifyResult], drift: int) -> str:
+    checked = sum(v.contacts_checked for v in verified)
+    errors = [e for v in verified for e in v.errors]
+    fixed = f", {sum(v.fixed for v in verified)} re-opened" if drift else ""
+    return (f"\n## Verify\n\n{checked} contacts read back from HighLevel; {drift} done writes "
+            f"drifted{fixed}.\n" + "".join(f"- {md_text(e)}\n" for e in errors))
+
+
 @task(name="reconcile-report", **COMMON)
 def report(config_path: str | None, since: datetime | None = None,
-           verified: Sequence[lib.VerifyResult] = ()) -> dict[str, Any]:
-    """Publish the reconciliation summary and the tables of rejected and missed writes."""
+           verified: Sequence[lib.VerifyResult] = ()) -> RunArtifacts:
+    """Compose the reconciliation summary and the grouped problem tables (the flow
+    publishes them, so they are the flow run's)."""
     ctx = build_context(config_path)
     drift: list[DriftFinding] = [d for v in verified for d in v.drift]
-    rep = build_report(ctx.engine, since=since, drift=drift)
-    problems = rep.problem_records()
-    rejected = [p for p in problems if p.get("status") == "rejected"]
-    missed = [p for p in problems if p.get("status") != "rejected"]
+    rep = build_report(ctx.engine, since=since, drift=drift, settings=ctx.settings)
     markdown = markdown_summary(rep)
     if verified:
-        checked = sum(v.contacts_checked for v in verified)
-        errors = [e for v in verified for e in v.errors]
-        markdown += (f"\n## Verify\n\n{checked} contacts read back from HighLevel; "
-                     f"{len(drift)} done writes drifted"
-                     f"{f', {sum(v.fixed for v in verified)} re-opened' if drift else ''}.\n")
-        markdown += "".join(f"- {e}\n" for e in errors)
-    publish_markdown("mailsync-reconcile-summary", markdown, "Reconciliation of the write ledger")
-    publish_table("mailsync-reconcile-rejected-writes", rejected,
-                  "Writes HighLevel rejected: fix the cause, then run mailsync-replay")
-    publish_table("mailsync-reconcile-missed-writes", missed,
-                  "Writes not (or no longer) in HighLevel: failed, unknown, overdue or drifted")
-    return {"totals": rep.totals(), "rejected": len(rejected), "missed": len(missed),
-            "drift": len(drift)}
+        markdown += _verify_markdown(verified, len(drift))
+    rejected = int((rep.problems["status"] == "rejected").sum()) if len(rep.problems) else 0
+    return RunArtifacts(
+        result={"totals": rep.totals(), "rejected": rejected,
+                "missed": len(rep.problems) - rejected, "drift": len(drift)},
+        markdown=[MarkdownArtifact("mailsync-reconcile-summary", markdown,
+                                   "Reconciliation of the write ledger")],
+        tables=problem_tables(rep, "mailsync-reconcile", "in the ledger"))

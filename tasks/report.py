@@ -1,8 +1,10 @@
-"""A sync or replay run's artifacts: its summary text and the problem rows it touched.
+"""A run's artifacts: its summary, what to do first, and the problems it touched, grouped.
 
-The reconcile flow uses `mailsync.report.build` (per campaign, with a verdict and an action per
-problem). A run's tables here are scoped differently: every row the run *touched*, including
-rows planned by earlier runs that it retried, which the report's run window does not cover.
+Made from the library's report (`mailsync.report`), so the Prefect UI shows the same rows
+as `problems.csv`: one per recipient and cause, with names, the codes affected and the
+action, and the per-write detail in a second table. A sync or replay run's tables cover
+every row the run *touched* (including rows earlier runs planned that it retried); the
+reconcile flow's cover the whole ledger or its window.
 """
 
 from __future__ import annotations
@@ -11,79 +13,124 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import pandas as pd
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
+from mailsync.config import Settings
+from mailsync.report.build import build_report
 from mailsync.report.columns import STATUSES
-from mailsync.report.markdown import markdown_table
-from mailsync.store.models import WriteIntent, WriteStatus
+from mailsync.report.markdown import TIME_FORMAT, markdown_table
+from mailsync.report.model import Report
+from mailsync.report.names import ReportNames
+from mailsync.report.render import problems_markdown
+from mailsync.report.safe import md_text
 from mailsync.sync.runner import RunSummary
+from tasks.artifacts import MarkdownArtifact, RunArtifacts, TableArtifact
 
-REJECTED = (WriteStatus.rejected,)
-MISSED = (WriteStatus.failed, WriteStatus.unknown)
-"""Rows that were tried and whose outcome is not `done`; pending rows with a reason join them
-(a lookup HighLevel did not answer, or the daily quota)."""
-
-_COLUMNS = ("id", "location_id", "drop_id", "recipient_key", "kind", "code", "tag",
-            "contact_id", "status", "last_http_status", "attempts", "reason", "updated_at")
-
-
-def _row(w: WriteIntent) -> dict[str, Any]:
-    # Never the note body: it repeats the recipient's data and adds nothing to a triage table.
-    out = {c: getattr(w, c) for c in _COLUMNS}
-    out["updated_at"] = w.updated_at.isoformat(timespec="seconds") if w.updated_at else None
-    return out
+GROUP_FIELDS = {"group": "#", "recipient": "recipient", "problem": "problem",
+                "action": "what to do", "writes": "writes", "codes": "codes affected",
+                "campaign": "campaign", "location": "location", "since": "since",
+                "reason": "reason", "email": "email", "step": "fix #"}
+"""The grouped table's columns and their headers in the UI."""
+WRITE_FIELDS = {"group": "#", "campaign": "campaign", "recipient": "recipient", "code": "code",
+                "kind": "write", "status": "status", "attempts": "tries",
+                "last_http_status": "HTTP", "last_attempt_at": "last try", "reason": "reason",
+                "ledger_id": "ledger id"}
+"""The per-write detail's columns: which write, where it stands, why."""
 
 
-def problem_rows(engine: Engine, *, since: datetime | None = None,
-                 locations: Sequence[str] | None = None,
-                 drop_ids: Sequence[str] | None = None) -> tuple[list[dict], list[dict]]:
-    """(rejected, missed) ledger rows, optionally only those updated since `since`."""
-    with Session(engine) as s:
-        q = select(WriteIntent).where(
-            col(WriteIntent.status).in_([*REJECTED, *MISSED])
-            | ((WriteIntent.status == WriteStatus.pending)
-               & col(WriteIntent.reason).is_not(None)))
-        if since is not None:
-            q = q.where(WriteIntent.updated_at >= since)
-        if locations:
-            q = q.where(col(WriteIntent.location_id).in_(list(locations)))
-        if drop_ids:
-            q = q.where(col(WriteIntent.drop_id).in_(list(drop_ids)))
-        rows = [_row(w) for w in s.exec(q.order_by(col(WriteIntent.id))).all()]
-    rejected = [r for r in rows if r["status"] == WriteStatus.rejected]
-    missed = [r for r in rows if r["status"] != WriteStatus.rejected]
-    return rejected, missed
+def _plain(value: Any) -> Any:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, datetime):
+        return value.strftime(TIME_FORMAT)
+    return value.item() if hasattr(value, "item") else value
 
 
-def run_markdown(summary: RunSummary, rejected: int, missed: int,
-                 flow_run_name: str | None = None) -> str:
-    """The run's summary as markdown: campaigns fetched, writes applied, problems."""
-    title = f"# mailsync {summary.kind} `{summary.run_id}`"
+def table_rows(df: pd.DataFrame, fields: dict[str, str]) -> list[dict[str, Any]]:
+    """A frame's rows for a table artifact: the chosen columns under readable headers,
+    times in the report's zone, to the minute."""
+    return [{label: _plain(rec[c]) for c, label in fields.items()}
+            for rec in df.to_dict("records")]
+
+
+def run_report(engine: Engine, settings: Settings, started_at: datetime,
+               locations: Sequence[str], drop_ids: Sequence[str] | None) -> Report:
+    """The report over the ledger rows a run touched (updated since it started)."""
+    return build_report(engine, touched_since=started_at, location_ids=list(locations),
+                        drop_ids=drop_ids, settings=settings)
+
+
+def _campaign_lines(summary: RunSummary, names: ReportNames) -> list[str]:
+    if not summary.campaigns:
+        return []
+    lines = ["## Campaigns", ""]
+    lines += markdown_table(
+        ("campaign", "drop id", "pages", "events read", "new events", "quarantined",
+         "writes planned", "page cap hit"),
+        [(names.campaign(c.drop_id), c.drop_id, c.pages, c.fetched, c.new_events,
+          c.quarantined, c.planned, "yes" if c.capped else "") for c in summary.campaigns],
+        right={"pages", "events read", "new events", "quarantined", "writes planned"})
+    return [*lines, "", "Events read counts re-reads (pages shift as events arrive); new "
+                        "events are those stored for the first time.", ""]
+
+
+def _location_lines(summary: RunSummary, names: ReportNames) -> list[str]:
+    if not summary.locations:
+        return []
+    lines = ["## Writes by location", ""]
+    lines += markdown_table(("location", "location id", *STATUSES, "HTTP calls", "stopped"),
+                            [(names.location(loc.location_id), loc.location_id,
+                              *(loc.outcomes.get(s, 0) for s in STATUSES), loc.calls,
+                              loc.stopped or "") for loc in summary.locations],
+                            right={*STATUSES, "HTTP calls"})
+    return [*lines, ""]
+
+
+def run_markdown(summary: RunSummary, report: Report) -> str:
+    """The run's summary as markdown: what to do first, campaigns fetched, writes per
+    location, the problems it touched grouped by recipient, and its errors."""
+    names = report.names
+    title = f"# mailsync {summary.kind} {md_text(summary.run_id)}"
     lines = [title + (" (dry run: nothing written)" if summary.dry_run else ""), ""]
-    if flow_run_name:
-        lines += [f"Flow run: `{flow_run_name}`", ""]
-    if summary.campaigns:
-        lines += ["## Campaigns", ""]
-        lines += markdown_table(("campaign", "pages", "fetched", "new events", "quarantined",
-                                 "writes planned", "page cap hit"),
-                                [(c.drop_id, c.pages, c.fetched, c.new_events, c.quarantined,
-                                  c.planned, "yes" if c.capped else "")
-                                 for c in summary.campaigns])
-        lines.append("")
-    if summary.locations:
-        lines += ["## Writes by location", ""]
-        lines += markdown_table(("location", *STATUSES, "HTTP calls", "stopped"),
-                                [(loc.location_id, *(loc.outcomes.get(s, 0) for s in STATUSES),
-                                  loc.calls, loc.stopped or "") for loc in summary.locations])
-        lines.append("")
+    lines += _campaign_lines(summary, names) + _location_lines(summary, names)
     totals = summary.outcome_totals()
-    lines += ["## Totals", "",
-              f"- writes done: {totals.get('done', 0)}",
-              f"- rejected this run: {rejected} (table `mailsync-{summary.kind}-rejected-writes`)",
-              f"- missed this run (failed, unknown, or left pending with a reason): {missed} "
-              f"(table `mailsync-{summary.kind}-missed-writes`)", ""]
+    groups = report.problem_groups
+    lines += ["## Totals", "", f"- writes done: {totals.get('done', 0)}",
+              f"- problem writes this run touched: {len(report.problems)}, for "
+              f"{report.totals()['problem_recipients']} recipient(s) (table "
+              f"`mailsync-{summary.kind}-problems`, every write in "
+              f"`mailsync-{summary.kind}-problem-writes`)", ""]
     if summary.errors:
-        lines += ["## Errors", ""] + [f"- {e}" for e in summary.errors] + [""]
-    return "\n".join(lines)
+        lines += ["## Errors", ""] + [f"- {md_text(e)}" for e in summary.errors] + [""]
+    if not groups.empty:
+        # The same "do this first" and grouped rows as the reconciliation report.
+        lines += problems_markdown(report)
+    return "\n".join(lines) + "\n"
 
+
+def problem_tables(report: Report, key: str, what: str) -> list[TableArtifact]:
+    """The grouped problem table and the per-write detail, as table artifacts."""
+    return [
+        TableArtifact(f"{key}-problems", table_rows(report.problem_groups, GROUP_FIELDS),
+                      f"Problems {what}, one row per recipient and cause, the fix that "
+                      "unblocks most first: fix the cause, then run mailsync-replay"),
+        TableArtifact(f"{key}-problem-writes", table_rows(report.problems, WRITE_FIELDS),
+                      f"Every problem write {what}, under its row (#) of the problems table"),
+    ]
+
+
+def run_artifacts(engine: Engine, settings: Settings, summary: RunSummary,
+                  started_at: datetime, locations: Sequence[str],
+                  drop_ids: Sequence[str] | None) -> tuple[Report | None, RunArtifacts]:
+    """A sync or replay run's summary and problem tables (none in a dry run)."""
+    kind = summary.kind
+    report = None if summary.dry_run else run_report(engine, settings, started_at,
+                                                     locations, drop_ids)
+    shown = report or Report.empty(ReportNames.from_settings(settings))
+    what = f"during {kind} run {summary.run_id}"
+    out = RunArtifacts(result={}, markdown=[MarkdownArtifact(
+        f"mailsync-{kind}-summary", run_markdown(summary, shown),
+        f"Summary of mailsync {kind} run {summary.run_id}")])
+    out.tables = problem_tables(shown, f"mailsync-{kind}", what)
+    return report, out

@@ -32,7 +32,7 @@ from mailsync.sync import runner
 from mailsync.sync.apply import ApplyOptions, ApplyResult, Stop
 from mailsync.sync.context import SyncContext
 from mailsync.sync.fetch import CampaignResult
-from tasks.artifacts import start_progress, update_progress
+from tasks.artifacts import RunArtifacts, start_progress, update_progress
 from tasks.context import build_context
 
 PROGRESS_EVERY = 2.0
@@ -188,28 +188,24 @@ def apply_location(config_path: str | None, location_id: str, *,
 def finish_run(config_path: str | None, plan: RunPlan, kind: str, dry_run: bool,
                campaigns: Sequence[CampaignResult], locations: Sequence[ApplyResult],
                errors: Sequence[RunError],
-               drop_ids: Sequence[str] | None = None) -> dict[str, Any]:
-    """Record the run's end in the store and publish its summary and problem tables."""
-    from prefect.runtime import flow_run
+               drop_ids: Sequence[str] | None = None) -> RunArtifacts:
+    """Record the run's end in the store and compose its summary and problem tables.
 
-    from tasks.artifacts import publish_markdown, publish_table
-    from tasks.report import problem_rows, run_markdown
+    The flow publishes them (`tasks.artifacts.publish`), so they are the flow run's own.
+    """
+    from tasks.report import run_artifacts
 
     ctx = build_context(config_path)
     summary = runner.RunSummary(plan.run_id, kind, dry_run, list(campaigns), list(locations),
                                 list(errors))
     runner.finish_run(ctx, summary)
-    rejected, missed = ([], []) if dry_run else problem_rows(
-        ctx.engine, since=plan.started_at, locations=plan.locations, drop_ids=drop_ids)
-    what = f"{kind} run {plan.run_id}"
-    publish_markdown(f"mailsync-{kind}-summary",
-                     run_markdown(summary, len(rejected), len(missed), flow_run.get_name()),
-                     f"Summary of mailsync {what}")
-    publish_table(f"mailsync-{kind}-rejected-writes", rejected,
-                  f"Writes HighLevel rejected during {what}: fix the cause, then replay")
-    publish_table(f"mailsync-{kind}-missed-writes", missed,
-                  f"Writes not confirmed during {what} (failed, unknown or deferred)")
-    return {"run_id": plan.run_id, "totals": _plain(summary.outcome_totals()),
-            "rejected": len(rejected), "missed": len(missed),
-            "errors": [str(e) for e in summary.errors]}
-
+    report, artifacts = run_artifacts(ctx.engine, ctx.settings, summary, plan.started_at,
+                                      plan.locations, drop_ids)
+    problems = report.problems if report is not None else None
+    rejected = 0 if problems is None else int((problems["status"] == "rejected").sum())
+    artifacts.result = {
+        "run_id": plan.run_id, "totals": _plain(summary.outcome_totals()),
+        "rejected": rejected, "missed": 0 if problems is None else len(problems) - rejected,
+        "problem_recipients": 0 if report is None else report.totals()["problem_recipients"],
+        "errors": [str(e) for e in summary.errors]}
+    return artifacts

@@ -234,14 +234,15 @@ def test_verify_cli_reports_drift_and_fixes_only_when_asked(world: Any) -> None:
     runner = CliRunner()
     config = str(settings.source)
     res = runner.invoke(app, ["verify", "--config", config])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 5, res.output  # drift found
     assert "1 write(s) missing in HighLevel" in res.output and "--fix" in res.output
     assert "drift" not in build_report(ctx.engine).problem_counts()  # it changed nothing
     res = runner.invoke(app, ["verify", "--config", config, "--fix"])
-    assert res.exit_code == 0 and "Re-opened 1 write(s)" in res.output, res.output
+    assert res.exit_code == 5 and "Re-opened 1 write(s)" in res.output, res.output
     assert build_report(ctx.engine).problem_counts()["drift"] == 1
     asyncio.run(run_sync(ctx))  # the next scheduled sync re-sends it
     assert tag_key(tag) in {tag_key(t) for c in sb.state(loc["id"])["contacts"]
                             if c["id"] == contact["id"] for t in c["tags"]}
     assert "drift" not in build_report(ctx.engine).problem_counts()
-    assert "No drift" in runner.invoke(app, ["verify", "--config", config]).output
+    clean = runner.invoke(app, ["verify", "--config", config])
+    assert clean.exit_code == 0 and "No drift" in clean.output, clean.output

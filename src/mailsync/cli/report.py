@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,14 +11,22 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mailsync.cli.options import (
+    SINCE_HELP,
     CampaignOpt,
     ConfigOpt,
+    ExitCode,
+    campaign_label,
     console,
-    err_console,
     friendly_errors,
+    literal,
+    location_label,
+    markup_safe,
     open_context,
+    parse_when,
+    say_error,
 )
 from mailsync.config import ConfigError
 from mailsync.report.build import build_report
@@ -30,32 +37,18 @@ from mailsync.report.verify import VerifyResult, unstored_events, verify
 from mailsync.sync.context import SyncContext
 
 FORMATS = ("table", "csv", "json", "html", "all")
+FILE_FORMATS = ("csv", "json", "html")
+DEFAULT_OUT = Path("reports")
 TABLE_ROWS = 50
 """Problem rows shown in the terminal; the files always hold all of them."""
-
-
-def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
-    """`24h`, `7d`, `90m` ago, or an ISO 8601 date/time (UTC when no zone is given)."""
-    if text is None or not text.strip():
-        return None
-    now = now or datetime.now(UTC)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd])\s*", text)
-    if m:
-        unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return now - timedelta(**{unit: float(m.group(1))})
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"cannot read the time {text!r}: use e.g. 24h, 7d, 2026-11-20 "
-                          "or 2026-11-20T08:00") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 # -- the report in the terminal ------------------------------------------------------------
 
 def _e(value: Any) -> str:
-    """A cell's text with Rich markup made literal (outside data is data)."""
-    return "" if _blank(value) else escape(str(value))
+    """A cell's text with Rich markup made literal and control characters shown as escapes
+    (outside data is data)."""
+    return "" if _blank(value) else markup_safe(value)
 
 
 def _counts_table(report: Report) -> Table:
@@ -143,8 +136,7 @@ def _live_checks(ctx: SyncContext, since: datetime | None, until: datetime | Non
         found = asyncio.run(verify(ctx, since=since, until=until, drop_ids=drop_ids))
         drift = found.drift
         for err in found.errors:
-            err_console.print(f"[yellow]verify:[/yellow] {escape(err)}", soft_wrap=True,
-                              highlight=False)
+            say_error(err, label="verify", style="yellow")
     if postalytics:
         unstored = asyncio.run(unstored_events(ctx, since=since, until=until, drop_ids=drop_ids))
     return drift, unstored
@@ -156,13 +148,15 @@ def report_cmd(
     run: Annotated[str | None, typer.Option(
         "--run", help="Only what this run planned (a sync) or attempted (a replay).")] = None,
     since: Annotated[str | None, typer.Option(
-        help="Only writes planned since then: 24h, 7d or a date/time (UTC).")] = None,
-    until: Annotated[str | None, typer.Option(help="... and up to then.")] = None,
+        help=f"Only writes planned since then: {SINCE_HELP}.")] = None,
+    until: Annotated[str | None, typer.Option(help="... and up to then (same forms).")] = None,
     campaign: CampaignOpt = None,
-    out: Annotated[Path, typer.Option(help="Folder for csv, json and html files.")] = Path(
-        "reports"),
-    fmt: Annotated[str, typer.Option(
-        "--format", help="table, csv, json, html or all.")] = "table",
+    out: Annotated[Path | None, typer.Option(
+        help="Write the report files (csv, json, html) to this folder; the table is still "
+             "shown.")] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="table (default), csv, json, html or all; a file format is written "
+             "to --out (default: reports/).")] = None,
     pending_hours: Annotated[float, typer.Option(
         help="A write still pending this long after it was planned is missed.")] = 24.0,
     check_highlevel: Annotated[bool, typer.Option(
@@ -173,10 +167,9 @@ def report_cmd(
     ] = False,
 ) -> None:
     """Which writes were missed or rejected, why, and what to do: for support staff."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
-    ctx = open_context(config)
+    table, files = _outputs(fmt, out)
     start, end = parse_when(since), parse_when(until)
+    ctx = open_context(config)
     drift, unstored = _live_checks(ctx, start, end, campaign, highlevel=check_highlevel,
                                    postalytics=check_postalytics)
     try:
@@ -186,52 +179,87 @@ def report_cmd(
                               settings=ctx.settings)
     except LookupError as exc:
         raise ConfigError(str(exc)) from None
-    if fmt in ("table", "all"):
+    if table:
         print_report(report, console)
-    if fmt != "table":
-        formats = ("csv", "json", "html") if fmt == "all" else (fmt,)
-        for path in write_report_files(report, out, formats):
-            console.print(f"wrote {path}")
+    if files:
+        for path in write_report_files(report, out or DEFAULT_OUT, files):
+            console.print(literal(f"wrote {path}"))
 
 
-def _drift_table(result: VerifyResult) -> Table:
+def _outputs(fmt: str | None, out: Path | None) -> tuple[bool, tuple[str, ...]]:
+    """(show the table?, file formats to write): `--out` alone means every file and the
+    table; a file format alone writes it to the default folder."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if fmt in (None, "table"):
+        return True, FILE_FORMATS if out is not None else ()
+    if fmt == "all":
+        return True, FILE_FORMATS
+    return False, (fmt,)
+
+
+def _drift_table(result: VerifyResult, ctx: SyncContext) -> Table:
     table = Table(title=f"{len(result.drift)} write(s) missing in HighLevel")
     for c in ("ledger id", "campaign", "location", "contact", "code", "kind", "finding"):
-        table.add_column(c)
+        table.add_column(c, overflow="fold")
     for d in result.drift:
-        table.add_row(str(d.ledger_id), d.drop_id, d.location_id, d.contact_id, d.code,
-                      d.kind, d.detail)
+        table.add_row(str(d.ledger_id), literal(campaign_label(ctx.settings, d.drop_id)),
+                      literal(location_label(ctx.settings, d.location_id)),
+                      literal(d.contact_id), literal(d.code), literal(d.kind),
+                      literal(d.detail))
     return table
+
+
+def _say_verified(result: VerifyResult, ctx: SyncContext, fix: bool) -> None:
+    """What verify found, never more than it checked."""
+    total = result.contacts_checked + result.contacts_unchecked
+    if total == 0:
+        console.print("Nothing to check: no contact has a done write in this range.")
+        return
+    if result.unchecked:
+        console.print(f"Checked {result.contacts_checked} of {total} contact(s); could not "
+                      f"check {result.contacts_unchecked} (why below).")
+    else:
+        console.print(f"Checked {result.contacts_checked} contact(s).")
+    if result.drift:
+        console.print(_drift_table(result, ctx))
+        console.print(f"Re-opened {result.fixed} write(s): the next sync or `mailsync replay` "
+                      "writes them again." if fix else
+                      "Nothing changed: run with --fix to re-open them.")
+    elif result.unchecked and result.contacts_checked:
+        console.print(f"No drift in the {result.contacts_checked} contact(s) checked; the "
+                      "others are unknown.")
+    elif result.unchecked:
+        console.print("Nothing could be checked: drift, if any, is unknown.")
+    else:
+        console.print(Text("No drift: every tag and note we wrote is there.", style="green"))
+    for line in result.errors:
+        say_error(line, label="warning", style="yellow")
 
 
 @friendly_errors
 def verify_cmd(
     config: ConfigOpt = None,
     since: Annotated[str | None, typer.Option(
-        help="Only contacts written since then: 24h, 7d or a date/time (UTC).")] = None,
+        help=f"Only contacts written since then: {SINCE_HELP}.")] = None,
     campaign: CampaignOpt = None,
     fix: Annotated[bool, typer.Option(
         "--fix", help="Re-open drifted writes so the next sync or a replay re-sends them.")
     ] = False,
 ) -> None:
-    """Read back HighLevel: list tags and notes we wrote that are no longer there."""
+    """Read back HighLevel: list tags and notes we wrote that are no longer there.
+
+    Exit code 5 when drift was found, 6 when some contacts could not be checked (and no
+    drift was found in the others), 0 when every contact was checked and nothing drifted.
+    """
+    start = parse_when(since)
     ctx = open_context(config)
-    result = asyncio.run(verify(ctx, since=parse_when(since), drop_ids=campaign, fix=fix))
-    console.print(f"Checked {result.contacts_checked} contact(s).")
-    if not result.drift:
-        console.print("[green]No drift: every tag and note we wrote is there.[/green]")
-    else:
-        console.print(_drift_table(result))
-        if fix:
-            console.print(f"Re-opened {result.fixed} write(s): the next sync or "
-                          "`mailsync replay` writes them again.")
-        else:
-            console.print("Nothing changed: run with --fix to re-open them.")
-    for err in result.errors:
-        err_console.print(f"[red]could not check:[/red] {escape(err)}", soft_wrap=True,
-                          highlight=False)
-    if result.errors:
-        raise typer.Exit(1)
+    result = asyncio.run(verify(ctx, since=start, drop_ids=campaign, fix=fix))
+    _say_verified(result, ctx, fix)
+    if result.drift:
+        raise typer.Exit(ExitCode.drift)
+    if result.unchecked:
+        raise typer.Exit(ExitCode.unchecked)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,10 +9,14 @@ from typing import Any
 import pandas as pd
 
 from mailsync.report.columns import (
+    FUNNEL_COLUMNS,
     GROUP_COLUMNS,
+    PROBLEM_COLUMNS,
+    QUARANTINE_COLUMNS,
     RUN_COLUMNS,
     STATUSES,
     STEP_COLUMNS,
+    SUMMARY_COLUMNS,
     UNSTORED_COLUMNS,
 )
 from mailsync.report.frames import records
@@ -59,6 +63,14 @@ class Report:
     filters: dict[str, Any] = field(default_factory=dict)
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     names: ReportNames = field(default_factory=ReportNames)
+
+    @classmethod
+    def empty(cls, names: ReportNames | None = None) -> Report:
+        """A report with nothing in it (a dry run's), showing times in the zone of `names`."""
+        return cls(summary=pd.DataFrame(columns=SUMMARY_COLUMNS),
+                   problems=pd.DataFrame(columns=PROBLEM_COLUMNS),
+                   quarantined=pd.DataFrame(columns=QUARANTINE_COLUMNS),
+                   funnel=pd.DataFrame(columns=FUNNEL_COLUMNS), names=names or ReportNames())
 
     def totals(self) -> dict[str, int]:
         """Counts over all campaigns: events seen, new and quarantined, writes planned, each

@@ -71,7 +71,8 @@ def headline(report: Report) -> str:
             f"quarantined; {t['unstored']} at Postalytics not stored.")
 
 
-def _markdown_problems(report: Report, limit: int) -> list[str]:
+def problems_markdown(report: Report, limit: int = MARKDOWN_GROUPS) -> list[str]:
+    """Markdown lines: what to do first, then the problems grouped by recipient."""
     steps = report.first_steps()
     lines: list[str] = []
     if not steps.empty:
@@ -99,7 +100,7 @@ def markdown_summary(report: Report, limit: int = MARKDOWN_GROUPS) -> str:
              f"Generated {report.generated_at.strftime(TIME_FORMAT)} "
              f"({md_text(report.names.zone_name)}) for {md_text(window)}.", "",
              md_text(headline(report))]
-    lines += _markdown_problems(report, limit)
+    lines += problems_markdown(report, limit)
     lines += ["", "## Per campaign and location", ""]
     lines += frame_table(configured, SUMMARY_SHOWN, labels=SUMMARY_LABELS, right=NUMERIC)
     if not apart.empty:

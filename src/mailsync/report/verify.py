@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,16 +23,18 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mailsync.clients.auth import location_label
 from mailsync.clients.highlevel import HighLevelAuthError, HighLevelClient
 from mailsync.clients.http import CallStatus, Outcome
+from mailsync.clients.messages import REASON_CAP, one_line
 from mailsync.clients.postalytics import PostalyticsClient
 from mailsync.codes import tag_key
-from mailsync.config import CampaignConfig
+from mailsync.config import CampaignConfig, ConfigError
 from mailsync.redact import redact
 from mailsync.report.load import ReportScope, utc
 from mailsync.report.model import DriftFinding
 from mailsync.report.rules import DRIFT_DETAIL
-from mailsync.store.leases import hold_lease, worker_identity
+from mailsync.store.leases import HeldLease, hold_lease, worker_identity
 from mailsync.store.models import MailEvent, WriteIntent, WriteKind, WriteStatus, utcnow
 from mailsync.store.reasons import Reason
 from mailsync.sync.context import SyncContext
@@ -44,15 +46,40 @@ log = logging.getLogger("mailsync.reconcile")
 GONE = "the contact no longer exists in HighLevel"
 
 
+@dataclass(frozen=True)
+class Unchecked:
+    """Contacts of a location verify could not read, and why (one reason, many contacts)."""
+
+    location_id: str
+    reason: str
+    contacts: int
+
+
 @dataclass
 class VerifyResult:
-    """What verify found: drifted writes, how many contacts it read, what it could not read."""
+    """What verify found: drifted writes, how many contacts it read, what it could not read.
+
+    It never claims what it did not check: `contacts_checked` counts contacts read in full,
+    `unchecked` the others with why, and `errors` says the same in one line per location and
+    reason.
+    """
 
     drift: list[DriftFinding] = field(default_factory=list)
     contacts_checked: int = 0
     errors: list[str] = field(default_factory=list)
     fixed: int = 0
     """Ledger rows re-opened (only with fix=True)."""
+    unchecked: list[Unchecked] = field(default_factory=list)
+
+    @property
+    def contacts_unchecked(self) -> int:
+        """Contacts that could not be read (in full)."""
+        return sum(u.contacts for u in self.unchecked)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every contact in range was read."""
+        return not self.unchecked
 
 
 def _touched(engine: Engine, since: datetime | None, until: datetime | None,
@@ -114,6 +141,8 @@ class _Read:
     values: list[str] = field(default_factory=list)
     gone: bool = False
     error: str | None = None
+    unreachable: bool = False
+    """HighLevel could not be reached: no other contact of the location can be read now."""
 
 
 def _is_gone(out: Outcome) -> bool:
@@ -126,7 +155,9 @@ async def _read_tags(hl: HighLevelClient, contact_id: str) -> _Read:
     if _is_gone(got):
         return _Read(gone=True)
     if got.status != CallStatus.ok or not isinstance(got.data, dict):
-        return _Read(error=f"contact {contact_id}: could not read it ({got.reason})")
+        # The reason alone (no contact id): one cause is told once for all its contacts.
+        return _Read(error=got.reason or f"HTTP {got.http_status}",
+                     unreachable=got.unreachable)
     return _Read(values=[tag_key(str(t)) for t in got.data.get("tags") or []])
 
 
@@ -136,7 +167,8 @@ async def _read_notes(hl: HighLevelClient, contact_id: str) -> _Read:
     if _is_gone(listing):
         return _Read(gone=True)
     if listing.status != CallStatus.ok:
-        return _Read(error=f"contact {contact_id}: could not read its notes ({listing.reason})")
+        return _Read(error=listing.reason or f"HTTP {listing.http_status}",
+                     unreachable=listing.unreachable)
     return _Read(values=[str(n.get("body") or "") for n in listing.data or []
                          if isinstance(n, dict)])
 
@@ -151,9 +183,18 @@ def _missing_notes(notes: list[WriteIntent], bodies: list[str]) -> list[DriftFin
             if not any(has_marker(b, r.marker or "") for b in bodies)]
 
 
-async def _check_contact(hl: HighLevelClient, contact_id: str,
-                         rows: list[WriteIntent]) -> tuple[list[DriftFinding], str | None]:
-    """Drift on one contact, or an error when HighLevel could not be read.
+@dataclass(frozen=True)
+class _Check:
+    """One contact's check: the drift found, or why it could not be read in full."""
+
+    found: list[DriftFinding] = field(default_factory=list)
+    error: str | None = None
+    unreachable: bool = False
+
+
+async def _check_contact(hl: HighLevelClient, contact_id: str, rows: list[WriteIntent]
+                         ) -> _Check:
+    """Drift on one contact, or why HighLevel could not be read.
 
     Tags first: a contact that is gone is then known without listing its notes.
     """
@@ -162,46 +203,101 @@ async def _check_contact(hl: HighLevelClient, contact_id: str,
     if want.tags:
         tags = await _read_tags(hl, contact_id)
         if tags.gone:
-            return want.all_gone(), None
+            return _Check(want.all_gone())
         if tags.error:
-            return [], tags.error
+            return _Check(error=tags.error, unreachable=tags.unreachable)
         found += _missing_tags(want.tags, tags.values)
     if want.notes:
         notes = await _read_notes(hl, contact_id)
         if notes.gone:
-            return want.all_gone(), None
+            return _Check(want.all_gone())
         if notes.error:
-            return found, notes.error
+            # The tags were read: what is missing among them is drift all the same.
+            return _Check(found, notes.error, notes.unreachable)
         found += _missing_notes(want.notes, notes.values)
-    return found, None
+    return _Check(found)
+
+
+LEASE_BUSY = ("another worker is applying this location (it holds the location's lease): "
+              "run verify again when it is done")
+LEASE_LOST = "lost the location's lease to another worker part-way: run verify again"
+
+
+@dataclass
+class _LocationCheck:
+    """One location's check as it goes: the contacts it could not read, by reason, and the
+    reason that stops it (HighLevel unreachable, the token refused): told once, not per
+    contact, and no further contact is tried."""
+
+    location_id: str
+    not_read: Counter[str] = field(default_factory=Counter)
+    stop: str | None = None
+
+    def skip(self, reason: str, contacts: int = 1) -> None:
+        self.not_read[reason] += contacts
+
+    def stopped_by(self, reason: str) -> None:
+        self.stop = self.stop or reason
+        self.skip(reason)
+
+
+async def _check_all(ctx: SyncContext, check: _LocationCheck, lease: HeldLease,
+                     contacts: dict[str, list[WriteIntent]], result: VerifyResult,
+                     concurrency: int) -> None:
+    sem = asyncio.Semaphore(concurrency)
+    async with ctx.highlevel(check.location_id) as hl:
+        async def one(contact_id: str, rows: list[WriteIntent]) -> None:
+            async with sem:
+                if check.stop or lease.lost:
+                    check.skip(check.stop or LEASE_LOST)
+                    return
+                try:
+                    done = await _check_contact(hl, contact_id, rows)
+                except HighLevelAuthError as exc:
+                    check.stopped_by(one_line(redact(exc), REASON_CAP))
+                    return
+            result.drift += done.found
+            if done.error is None:
+                result.contacts_checked += 1
+            elif done.unreachable:
+                check.stopped_by(done.error)
+            else:
+                check.skip(done.error)
+
+        await asyncio.gather(*(one(c, rs) for c, rs in contacts.items()))
 
 
 async def _verify_location(ctx: SyncContext, location_id: str,
                            contacts: dict[str, list[WriteIntent]], result: VerifyResult,
                            concurrency: int) -> None:
-    sem = asyncio.Semaphore(concurrency)
+    check = _LocationCheck(location_id)
     # Reads count against the location's rate limit too: hold its lease, so a sync applying
     # the same location elsewhere is never out-paced. A busy location is skipped, and says so.
     async with hold_lease(ctx.engine, location_id, worker_identity()) as lease:
         if lease is None:
-            result.errors.append(f"location {location_id}: busy (being applied elsewhere), "
-                                 "not verified")
-            return
-        try:
-            async with ctx.highlevel(location_id) as hl:
-                async def one(contact_id: str, rows: list[WriteIntent]) -> None:
-                    async with sem:
-                        if lease.lost:
-                            return
-                        found, error = await _check_contact(hl, contact_id, rows)
-                    result.contacts_checked += 1
-                    result.drift += found
-                    if error:
-                        result.errors.append(f"location {location_id}: {redact(error)}")
+            check.skip(LEASE_BUSY, len(contacts))
+        else:
+            try:
+                await _check_all(ctx, check, lease, contacts, result, concurrency)
+            except (ConfigError, HighLevelAuthError) as exc:
+                # No client could be made (a token not set) or had: nothing was read.
+                check.skip(one_line(redact(exc), REASON_CAP), len(contacts))
+    result.unchecked += [Unchecked(location_id, reason, n)
+                         for reason, n in check.not_read.most_common()]
 
-                await asyncio.gather(*(one(c, rs) for c, rs in contacts.items()))
-        except HighLevelAuthError as exc:
-            result.errors.append(f"location {location_id}: {redact(exc)}")
+
+def _unchecked_lines(ctx: SyncContext, unchecked: Sequence[Unchecked]) -> list[str]:
+    """One line per location and reason: `location Boston (loc-1): could not check 49
+    contact(s): cannot reach HighLevel at ...`."""
+    out = []
+    for u in unchecked:
+        try:
+            name = ctx.settings.location(u.location_id).name
+        except KeyError:
+            name = None
+        where = location_label(u.location_id, name)
+        out.append(f"{where}: could not check {u.contacts} contact(s): {u.reason}")
+    return out
 
 
 async def verify(ctx: SyncContext, *, since: datetime | None = None,
@@ -213,6 +309,7 @@ async def verify(ctx: SyncContext, *, since: datetime | None = None,
     await asyncio.gather(*(_verify_location(ctx, loc, contacts, result, concurrency)
                            for loc, contacts in sorted(touched.items())))
     result.drift.sort(key=lambda d: d.ledger_id)
+    result.errors = _unchecked_lines(ctx, result.unchecked)
     if fix and result.drift:
         result.fixed = reopen(ctx.engine, result.drift)
     return result

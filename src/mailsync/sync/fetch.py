@@ -48,6 +48,9 @@ log = logging.getLogger("mailsync.fetch")
 
 FetchPage = Callable[[int, int], Awaitable[list[Any]]]
 """(page_number, page_size) → raw events of that page, newest first."""
+OnPlan = Callable[[Sequence[WriteIntent], Sequence[MailEvent]], None]
+"""Told each page's newly planned ledger rows and the new events that caused them (a dry
+run rolls them back, so this is the only way to see what it would write)."""
 
 Identity = tuple[str, datetime, str]
 """What an event id must keep meaning: its code, time and recipient."""
@@ -91,6 +94,7 @@ class _Scope:
     run_id: str | None
     cutoff: datetime | None
     memo: _Memo
+    on_plan: OnPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -196,17 +200,22 @@ def _insert_quarantine(session: Session, rows: list[QuarantinedEvent], memo: _Me
     return len(inserted)
 
 
-def _tally(written: list[_Written], memo: _Memo, result: CampaignResult) -> int:
+def _tally(written: list[_Written], memo: _Memo, result: CampaignResult,
+           on_plan: OnPlan | None = None) -> int:
     new_events = 0
     for w in written:
         new_events += len(w.new)
         memo.events.update((e.key, _identity(e)) for e in w.new)
+        fresh: list[WriteIntent] = []
         for row in w.planned:
             if row.intent_key in memo.intents:
                 continue
             memo.intents.add(row.intent_key)
+            fresh.append(row)
             result.planned += 1
             result.planned_by_kind[row.kind] = result.planned_by_kind.get(row.kind, 0) + 1
+        if on_plan is not None and fresh:
+            on_plan(fresh, w.new)
     result.new_events += new_events
     return new_events
 
@@ -239,7 +248,7 @@ def _store_page(session: Session, raws: list[Any], scope: _Scope,
     result.quarantined += new_quarantine
     written.append(_identify_waiting(session, scope, written, polled.absorbed))
     result.webhook_first += len(polled.absorbed)
-    new_events = _tally(written, memo, result)
+    new_events = _tally(written, memo, result, scope.on_plan)
 
     cutoff = scope.cutoff
     return PageSeen(
@@ -261,6 +270,7 @@ async def fetch_campaign(
     run_id: str | None = None, lookback_hours: float | None = None,
     max_pages: int | None = None, dry_run: bool = False, page_size: int = PAGE_SIZE,
     on_page: Callable[[CampaignResult], None] | None = None,
+    on_plan: OnPlan | None = None,
 ) -> CampaignResult:
     """Fetch a campaign's new events into the store with the ledger rows they cause.
 
@@ -274,7 +284,7 @@ async def fetch_campaign(
     with Session(engine, expire_on_commit=False) as session:
         bookmark = load_bookmark(session, row)
         scope = _Scope(campaign, run_id, bookmark.cutoff(timedelta(hours=hours)),
-                       _Memo(unstorable=_unstorable(session, campaign.drop_id)))
+                       _Memo(unstorable=_unstorable(session, campaign.drop_id)), on_plan)
         end_transaction(session, dry_run)
         walker = PageWalker(max_pages or campaign.max_pages, bookmark.resume_offset, page_size)
         while (request := walker.next_page()) is not None:
