@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
-from mailsync.cli.options import console, err_console, friendly_errors
+from mailsync.cli.options import ExitCode, console, friendly_errors, literal, say_error
 from mailsync.config import Settings, load_settings
 from mailsync.report.build import build_report
 from mailsync.report.render import write_report_files
@@ -173,10 +173,10 @@ def _print_round(i: int, summary: RunSummary) -> None:
     totals = summary.outcome_totals()
     new = sum(c.new_events for c in summary.campaigns)
     q = sum(c.quarantined for c in summary.campaigns)
-    console.print(f"  synced: {new} new events ({q} quarantined); writes "
-                  + ", ".join(f"{v} {k}" for k, v in sorted(totals.items()))
-                  + (f"; errors: {escape('; '.join(map(str, summary.errors)))}"
-                     if summary.errors else ""))
+    console.print(literal(f"  synced: {new} new events ({q} quarantined); writes "
+                          + ", ".join(f"{v} {k}" for k, v in sorted(totals.items()))
+                          + (f"; errors: {'; '.join(map(str, summary.errors))}"
+                             if summary.errors else "")))
 
 
 @friendly_errors
@@ -190,21 +190,21 @@ def demo_cmd(
 ) -> None:
     """Run the whole job against the built-in sandbox (no credentials), then check the result."""
     result = run_demo(out, rounds=rounds, contacts=contacts, seed=seed, faults=faults,
-                      say=console.print, on_round=_print_round)
+                      say=lambda line: console.print(literal(line)), on_round=_print_round)
     hl = result.stats.get("highlevel", {}).get("total", {})
     console.print(f"HighLevel saw {hl.get('requests', 0)} requests, "
                   f"{hl.get('rate_limited', 0)} over its rate limit, faults injected: "
                   f"{hl.get('faults', {})}.")
     for kind, count, action in result.problems:
-        console.print(f"  {count} problem write(s), {kind}: {action}")
+        console.print(literal(f"  {count} problem write(s), {kind}: {action}"))
     for path in result.report_files:
-        console.print(f"Report: {path}")
+        console.print(literal(f"Report: {path}"))
     if result.end.exact:
-        console.print(f"[green]End state matches Postalytics' ground truth[/green]: "
-                      f"{result.end.describe()}")
+        console.print(Text.assemble(("End state matches Postalytics' ground truth", "green"),
+                                    ": ", literal(result.end.describe())))
     else:
-        err_console.print(f"[red]End state differs[/red]: {result.end.describe()}")
-        raise typer.Exit(1)
+        say_error(result.end.describe(), label="End state differs")
+        raise typer.Exit(ExitCode.partial)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,10 +6,19 @@ import asyncio
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from mailsync.cli.options import CampaignOpt, ConfigOpt, console, friendly_errors, open_context
+from mailsync.cli.options import (
+    CampaignOpt,
+    ConfigOpt,
+    ExitCode,
+    console,
+    friendly_errors,
+    literal,
+    location_label,
+    open_context,
+)
+from mailsync.config import Settings
 from mailsync.sync.settle import SettleResult, run_settle
 
 LocationOpt = Annotated[
@@ -18,16 +27,15 @@ LocationOpt = Annotated[
 ]
 
 
-def _table(results: list[SettleResult], names: dict[str, str]) -> Table:
+def _table(results: list[SettleResult], settings: Settings) -> Table:
     table = Table(title="contacts settled against HighLevel")
     for col in ("location", "contacts read", "notes already there", "could not read"):
         table.add_column(col, justify="left" if col == "location" else "right")
     for r in results:
-        where = names.get(r.location_id) or r.location_id
-        label = f"{where} ({r.location_id})" if where != r.location_id else where
+        label = location_label(settings, r.location_id)
         if r.lease_held_elsewhere:
             label += ": another worker holds the lease, try again"
-        table.add_row(escape(label), str(r.contacts_read), str(r.notes_found),
+        table.add_row(literal(label), str(r.contacts_read), str(r.notes_found),
                       str(len(r.unreadable)))
     return table
 
@@ -41,11 +49,10 @@ def settle_cmd(config: ConfigOpt = None, location: LocationOpt = None,
     """
     ctx = open_context(config)
     results = asyncio.run(run_settle(ctx, location_ids=location, drop_ids=campaign))
-    names = {loc.id: loc.name or loc.id for loc in ctx.settings.locations}
-    console.print(_table(results, names))
+    console.print(_table(results, ctx.settings))
     if any(r.lease_held_elsewhere or r.unreadable for r in results):
         console.print("Contacts not read now are read before their next note is sent.")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.partial)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote, urlsplit
+
 from mailsync.codes import REST_LABEL, EventCode, describe
 from mailsync.store.models import MailEvent
 from mailsync.sync.normalise import short_hash
@@ -14,22 +17,74 @@ def marker_for(event_key: str) -> str:
     return "ms-" + short_hash(event_key, length=16)
 
 
+LINK_SCHEMES = frozenset({"http", "https"})
+"""The only links a note carries: anything else (`javascript:`, `data:`, `file:`) could run
+or load something when a HighLevel user clicks it."""
+URL_CAP = 2048
+
+# Control and invisible formatting characters (C0 but none kept, DEL, C1, zero-width, bidi
+# overrides): each value is one line of the note, and what it shows is what it says.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e"
+                       r"\u2060-\u2064\u2066-\u2069\ufeff]")
+# Characters a URL never holds raw: percent-encoded, so the link cannot break out of itself.
+_URL_UNSAFE = '"<>\\^`{|} '
+
+
+def clean_line(value: object) -> str:
+    """One line of outside data for a note: control characters become spaces, runs of
+    whitespace one space."""
+    return " ".join(_CONTROLS.sub(" ", str(value)).split())
+
+
+def safe_link(url: str) -> tuple[str | None, str | None]:
+    """(the URL to write as a link, or None; why it was not written, or None).
+
+    Only an absolute http(s) URL with a host is a link; it is percent-encoded where it holds
+    characters a URL never holds raw. Any other scheme is dropped and named, never passed.
+    """
+    text = clean_line(url)
+    if not text:
+        return None, None
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return None, "a visited URL that could not be read was left out"
+    scheme = parts.scheme.lower()
+    if scheme in LINK_SCHEMES and not parts.netloc:
+        return None, "a link without a host was left out"
+    if scheme not in LINK_SCHEMES:
+        kind = f"a {scheme} link" if scheme else "a link without http(s)"
+        return None, f"{kind} was left out (only http and https links are written)"
+    quoted = "".join(quote(c, safe="") if c in _URL_UNSAFE else c for c in text)
+    if len(quoted) > URL_CAP:
+        return None, "a visited URL longer than 2,048 characters was left out"
+    return quoted, None
+
+
 def note_body(event: MailEvent, campaign_name: str | None) -> str:
-    """The note for one event, written for a person reading the contact's timeline."""
+    """The note for one event, written for a person reading the contact's timeline.
+
+    Every value from outside is one clean line, and only http(s) links are written: a note
+    is read (and its links clicked) inside HighLevel.
+    """
     code = EventCode(event.code)
-    campaign = f"drop {event.drop_id}"
-    if campaign_name:
-        campaign = f"{campaign_name} ({campaign})"
+    campaign = f"drop {clean_line(event.drop_id)}"
+    if campaign_name and clean_line(campaign_name):
+        campaign = f"{clean_line(campaign_name)} ({campaign})"
     lines = [
         f"Postalytics: {REST_LABEL[code]}",
         f"Campaign: {campaign}",
         f"What happened: {describe(code)}",
         f"When: {event.event_at:%Y-%m-%d %H:%M} UTC",
     ]
-    if event.expected_delivery:
-        lines.append(f"Expected delivery: {event.expected_delivery}")
+    if event.expected_delivery and clean_line(event.expected_delivery):
+        lines.append(f"Expected delivery: {clean_line(event.expected_delivery)}")
     if event.url:
-        lines.append(f"Visited: {event.url}")
+        link, dropped = safe_link(event.url)
+        if link:
+            lines.append(f"Visited: {link}")
+        elif dropped:
+            lines.append(f"Visited: {dropped}")
     lines.append(f"{MARKER_PREFIX}{marker_for(event.key)}")
     return "\n".join(lines)
 
