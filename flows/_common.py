@@ -10,7 +10,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mailsync.store.runs import ErrorKind, RunError, Scope
-from mailsync.sync.runner import run_error
+from mailsync.sync.runner import ErrorGroup, grouped_errors, run_error
 
 TASK_WORKERS = int(os.environ.get("MAILSYNC_TASK_WORKERS", "8"))
 """Threads per flow run. Prefect's default pool is unbounded; each thread is one campaign's
@@ -20,6 +20,22 @@ fetch or one location's apply, so this bounds open connections and store session
 def task_runner() -> ThreadPoolTaskRunner:
     """A thread pool with a bounded number of workers."""
     return ThreadPoolTaskRunner(max_workers=TASK_WORKERS)
+
+
+class RunFailed(Exception):
+    """Raised by a flow after its summary is published: the run failed, and why, one line
+    per distinct cause (one API down stops every campaign alike: told once)."""
+
+    def __init__(self, errors: Sequence[RunError]) -> None:
+        self.errors = list(errors)
+        super().__init__(f"{len(self.errors)} step(s) failed: " + "; ".join(
+            _group_line(g) for g in grouped_errors(self.errors)))
+
+
+def _group_line(group: ErrorGroup) -> str:
+    if len(group.targets) == 1 and group.targets[0] in group.message:
+        return group.message
+    return f"{group.scope} {', '.join(group.targets)}: {group.message}"
 
 
 def collect(futures: Sequence[PrefectFuture[Any]], names: Sequence[str],

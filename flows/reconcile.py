@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from prefect import flow, unmapped
 from pydantic import Field
 
-from flows._common import collect, task_runner
+from flows._common import RunFailed, collect, task_runner
 from mailsync.store.models import utcnow
+from mailsync.store.runs import Scope
 from tasks.artifacts import publish
 from tasks.reconcile import locations, report, verify_location
 
@@ -39,9 +40,9 @@ def reconcile(
     if verify:
         locs = locations(config_path)
         checks = verify_location.map(unmapped(config_path), locs, since=since, fix=fix)
-        verified, errors = collect(checks, locs, "verify")
+        verified, errors = collect(checks, locs, Scope.location)
     # Published here, in the flow's body, so the artifacts are the flow run's own.
     out = publish(report(config_path, since, verified))
     if errors:
-        raise RuntimeError("; ".join(errors))
+        raise RunFailed(errors)
     return out

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from prefect import flow, unmapped
 from pydantic import Field, WithJsonSchema
 
-from flows._common import collect, task_runner
+from flows._common import RunFailed, collect, task_runner
 from mailsync.store.runs import Scope
 from mailsync.sync.runner import REPLAY_STATUSES
 from tasks.artifacts import publish
@@ -50,5 +50,5 @@ def replay(
     out = publish(finish_run(config_path, plan, "replay", False, [], applied, errors,
                              drop_ids=campaigns or None))
     if errors:
-        raise RuntimeError(f"{len(errors)} step(s) failed: " + "; ".join(errors))
+        raise RunFailed(errors)
     return out

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from prefect import flow, unmapped
 from pydantic import Field
 
-from flows._common import collect, task_runner
+from flows._common import RunFailed, collect, task_runner
 from mailsync.store.runs import Scope
 from tasks.artifacts import publish
 from tasks.sync import apply_location, begin_run, fetch_and_plan, finish_run
@@ -57,5 +57,5 @@ def sync_campaigns(
                              drop_ids=campaigns or None))
     if errors:
         # After the artifacts: the run shows as failed, with its summary saying why.
-        raise RuntimeError(f"{len(errors)} step(s) failed: " + "; ".join(errors))
+        raise RunFailed(errors)
     return out

@@ -9,15 +9,19 @@ Prefect, is the record of what was written.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.exceptions import MissingContextError
+from prefect.states import Failed
 from prefect.tasks import Task
 
 from mailsync.clients.auth import AuthError
@@ -31,6 +35,7 @@ from mailsync.store.runs import RunError
 from mailsync.sync import runner
 from mailsync.sync.apply import ApplyOptions, ApplyResult, Stop
 from mailsync.sync.context import SyncContext
+from mailsync.sync.failures import describe_failure
 from mailsync.sync.fetch import CampaignResult
 from tasks.artifacts import RunArtifacts, start_progress, update_progress
 from tasks.context import build_context
@@ -40,10 +45,45 @@ PROGRESS_EVERY = 2.0
 
 
 def retry_unless_config(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
-    """Retry transient failures; never a bad config or refused credentials (retrying
-    cannot fix them and only hammers the API with a bad token)."""
+    """Retry transient failures; never a bad config, refused credentials or a store that
+    waits for a person (read-only, full): retrying cannot fix them, and a bad token only
+    hammers the API. A failure nobody planned for is retried, as before."""
     exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, AuthError | ConfigError)
+    if isinstance(exc, AuthError | ConfigError):
+        return False
+    failure = describe_failure(exc) if isinstance(exc, BaseException) else None
+    return failure is None or failure.transient
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The task run's logger, or the module's outside a run (a task's `.fn` in tests)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("mailsync.tasks")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_line_failures(fn: Callable[P, R]) -> Callable[P, R | State]:
+    """An expected failure ends the task as Failed with its one line as the state's message
+    (and the exception as its data, for the flow's summary), not a traceback; anything
+    unexpected is raised as before, traceback and all."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | State:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            failure = describe_failure(exc)
+            if failure is None:
+                raise
+            _logger().error("%s", failure.line)
+            return Failed(message=failure.line, data=exc)
+
+    return wrapper
 
 
 @dataclass
@@ -65,6 +105,7 @@ COMMON: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE}
 
 
 @task(name="begin-run", **COMMON)
+@one_line_failures
 def begin_run(config_path: str | None, kind: str, campaigns: Sequence[str] | None = None,
               dry_run: bool = False) -> RunPlan:
     """Check the config, record the run's start, and list its campaigns and locations."""
@@ -81,6 +122,7 @@ def begin_run(config_path: str | None, kind: str, campaigns: Sequence[str] | Non
 
 @task(name="fetch-and-plan", task_run_name="fetch-and-plan-{drop_id}", retries=2,
       retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_config, **COMMON)
+@one_line_failures
 def fetch_and_plan(config_path: str | None, drop_id: str, run_id: str, dry_run: bool = False,
                    lookback_hours: float | None = None,
                    max_pages: int | None = None) -> CampaignResult:
@@ -139,6 +181,7 @@ async def _apply_with_progress(ctx: SyncContext, location_id: str, opts: ApplyOp
 
 @task(name="apply-location", task_run_name="apply-{location_id}", retries=1,
       retry_delay_seconds=10, retry_condition_fn=retry_unless_config, **COMMON)
+@one_line_failures
 def apply_location(config_path: str | None, location_id: str, *,
                    statuses: Sequence[str] = SYNC_STATUSES,
                    drop_ids: Sequence[str] | None = None, since: datetime | None = None,

@@ -140,7 +140,8 @@ def test_tasks_persist_nothing_and_cache_nothing() -> None:
 def test_prefect_yaml_deployments() -> None:
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}
-    assert set(deps) == {"mailsync-sync", "mailsync-reconcile", "mailsync-replay"}
+    assert set(deps) == {"mailsync-sync", "mailsync-reconcile", "mailsync-replay",
+                         "mailsync-apply"}
     assert deps["mailsync-sync"]["schedules"] == [{"interval": 900}]
     assert deps["mailsync-sync"]["concurrency_limit"] == {"limit": 1,
                                                          "collision_strategy": "CANCEL_NEW"}
@@ -167,3 +168,95 @@ def test_serve_builds_the_same_schedules() -> None:
     cron = reconcile.schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("0 6 * * *", "Europe/Paris")
     assert replay.schedules == []
+
+
+# -- failures under Prefect: one line, retried only when retrying can help ----------------------
+
+CLOSED_STORE = """
+[database]
+url = "postgresql+psycopg://postgres:hunter2secret@127.0.0.1:1/test"
+[[locations]]
+id = "loc-1"
+name = "Boston office"
+token_env = "T_BOSTON"
+[[campaigns]]
+drop_id = "40211"
+location = "loc-1"
+"""
+
+
+def test_a_task_that_fails_as_expected_ends_with_its_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from prefect.states import State
+
+    from tasks import sync as st
+
+    # `.fn` runs outside a task run: the task's own logging goes to a plain logger.
+    monkeypatch.setattr(st, "get_run_logger", lambda: logging.getLogger("test"))
+    config = tmp_path / "mailsync.toml"
+    config.write_text(CLOSED_STORE)
+    state = st.begin_run.fn(str(config), "sync")
+    assert isinstance(state, State) and state.is_failed()
+    assert state.message is not None and "\n" not in state.message
+    assert state.message.startswith("store postgresql+psycopg://postgres:***@127.0.0.1:1/test:")
+    assert "hunter2secret" not in state.message and "database server is running" in state.message
+
+
+def test_an_unexpected_failure_still_raises_with_its_traceback(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    from tasks import sync as st
+
+    def broken(config_path: str | None) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(st, "build_context", broken)
+    with pytest.raises(ZeroDivisionError):
+        st.begin_run.fn(None, "sync")
+
+
+def test_retries_only_where_they_can_help() -> None:
+    from prefect.states import Failed
+
+    from mailsync.clients.postalytics import (
+        PostalyticsAuthError,
+        PostalyticsError,
+        PostalyticsFailure,
+    )
+    from mailsync.store.errors import StoreError, StoreProblem
+    from tasks.sync import retry_unless_config
+
+    def retries(exc: BaseException) -> bool:
+        return retry_unless_config(None, None, Failed(data=exc))  # type: ignore[arg-type]
+
+    assert not retries(StoreError(StoreProblem.read_only, "sqlite:///x.db"))
+    assert not retries(StoreError(StoreProblem.disk_full, "sqlite:///x.db"))
+    assert retries(StoreError(StoreProblem.unreachable, "postgresql://h/db"))
+    assert retries(PostalyticsError("down", kind=PostalyticsFailure.unreachable))
+    assert not retries(PostalyticsAuthError("401"))
+
+
+def test_a_failed_run_says_each_cause_once() -> None:
+    from flows._common import RunFailed
+    from mailsync.store.runs import ErrorKind, RunError, Scope
+
+    down = "cannot reach Postalytics at api.postalytics.com:443: connection refused"
+    errors = [RunError(Scope.campaign, d, ErrorKind.unreachable, down) for d in ("1", "2", "3")]
+    errors.append(RunError(Scope.location, "loc-1", ErrorKind.credentials,
+                           "HighLevel refused the token for location Boston (loc-1): 401"))
+    message = str(RunFailed(errors))
+    assert message.count(down) == 1 and "campaign 1, 2, 3" in message
+    assert message.startswith("4 step(s) failed: ")
+    assert "location loc-1: HighLevel" not in message  # a message naming its target as is
+
+
+@pytest.mark.slow
+def test_under_prefect_the_failed_task_message_is_the_line(tmp_path: Path) -> None:
+    from tasks.sync import begin_run
+
+    config = tmp_path / "mailsync.toml"
+    config.write_text(CLOSED_STORE)
+    state = begin_run(str(config), "sync", return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("store postgresql+psycopg://postgres:***@127.0.0.1:1/test:")
