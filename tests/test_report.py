@@ -210,7 +210,7 @@ def test_token_refused_in_a_run_explains_its_pending_rows(db_url: str) -> None:
 def test_files_json_and_csv_mask_personal_data(engine: Engine, tmp_path: Path) -> None:
     paths = write_files(engine, tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["totals"]["problems"] == sum(len(g["writes"]) for g in data["problems"]) > 0
+    assert data["totals"]["problems"] == sum(len(g["detail"]) for g in data["problems"]) > 0
     for p in paths:
         assert "ada.byrne" not in p.read_text() and "grace@example.com" not in p.read_text()
     assert sorted(p.name for p in paths) == sorted(["problems.csv", "problem_writes.csv",

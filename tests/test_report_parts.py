@@ -79,7 +79,8 @@ def check(fake: FakeContact, rows: list[WriteIntent]) -> tuple[list[Any], str | 
                                    transport=httpx.MockTransport(fake), pacer=WindowPacer(),
                                    rng=random.Random(1), max_attempts=1,
                                    sleep=lambda _s: asyncio.sleep(0)) as hl:
-            return await _check_contact(hl, CID, rows)
+            checked = await _check_contact(hl, CID, rows)
+            return checked.found, checked.error
     return asyncio.run(go())
 
 
@@ -119,14 +120,15 @@ def test_unreadable_notes_keep_the_tag_findings_and_say_so(rows: list[WriteInten
     fake.down.add(f"/contacts/{CID}/notes")
     found, error = check(fake, rows)
     assert [f.ledger_id for f in found] == [3]
-    assert error is not None and "could not read its notes" in error and CID in error
+    # HighLevel's reason; verify tells it once per location, with the contacts it cost.
+    assert error is not None and "503" in error
 
 
 def test_an_unreadable_contact_is_an_error_not_drift(rows: list[WriteIntent]) -> None:
     fake = FakeContact([], [])
     fake.down.add(f"/contacts/{CID}")
     found, error = check(fake, rows)
-    assert found == [] and error is not None and "could not read it" in error
+    assert found == [] and error is not None and "503" in error
     assert fake.paths == [f"/contacts/{CID}"]  # no point listing notes of an unread contact
 
 

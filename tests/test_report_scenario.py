@@ -192,7 +192,7 @@ def test_report_files_carry_the_problems_without_secrets(world: Any, tmp_path: P
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {p["recipient_key"] for p in data["problems"]} == {f"d:{k[1]}" for k in no_contact
                                                               if _has_events(sb, k)}
-    assert {w["recipient_key"] for p in data["problems"] for w in p["writes"]} == {
+    assert {w["recipient_key"] for p in data["problems"] for w in p["detail"]} == {
         p["recipient_key"] for p in data["problems"]}
     secrets = [manifest["postalytics_api_key"]] + [
         loc.get(f) for loc in manifest["locations"]

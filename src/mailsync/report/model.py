@@ -113,11 +113,11 @@ class Report:
         return records(self.problems)
 
     def group_records(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per problem group, each with its writes under `writes`."""
+        """One JSON-ready dict per problem group, its writes listed under `detail`."""
         writes: dict[int, list[dict[str, Any]]] = {}
         for w in records(self.problems):
             writes.setdefault(int(w["group"]), []).append(w)
-        return [{**g, "writes": writes.get(int(g["group"]), [])}
+        return [{**g, "detail": writes.get(int(g["group"]), [])}
                 for g in records(self.problem_groups)]
 
 
