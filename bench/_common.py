@@ -33,7 +33,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 ORDER = ("ratelimit_efficiency", "calls_per_event", "cpu_memory", "locations_speedup",
-         "prefect_overhead")
+         "prefect_overhead", "webhook_latency")
 """Section order in RESULTS.md (the order `python -m bench all` runs them)."""
 
 

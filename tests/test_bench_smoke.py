@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ["ratelimit_efficiency", "calls_per_event", "cpu_memory", "locations_speedup",
-           "prefect_overhead"]
+           "prefect_overhead", "webhook_latency"]
 
 pytestmark = pytest.mark.slow
 

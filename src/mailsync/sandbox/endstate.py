@@ -63,7 +63,7 @@ def _marker_of(body: str) -> str | None:
     return body[idx + len(MARKER_PREFIX):].split()[0] if body[idx + len(MARKER_PREFIX):] else None
 
 
-def _markers(drop: str, ev: Mapping[str, Any], who: Mapping[str, Any] | None,
+def event_markers(drop: str, ev: Mapping[str, Any], who: Mapping[str, Any] | None,
              carried_field: str | None) -> tuple[str, ...]:
     """The markers the event's note may carry: from its REST key, and from the key its
     webhook would have stored it under (see sync.normalise)."""
@@ -107,7 +107,7 @@ def compare(truth: Mapping[str, Any], recipients: Iterable[Mapping[str, Any]],
                 out.unmatched_events += 1
                 continue
             want_tags.add((contact, tag_key(tag_for(code))))
-            for marker in _markers(drop, ev, people.get((drop, str(ev["data_id"]))),
+            for marker in event_markers(drop, ev, people.get((drop, str(ev["data_id"]))),
                                    camp.get("contact_id_field")):
                 want_notes[marker] = (contact, f"e:{drop}:{ev['event_id']}")
 

@@ -47,6 +47,9 @@ class WebhookOptions:
     concurrency: int = 4
     """Deliveries in flight at once (more than one reorders them too)."""
     timeout: float = 10.0
+    max_per_second: float = 0.0
+    """Deliveries started per second at most (0: as fast as the receiver answers): a
+    steady stream rather than each clock step's events at once."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> WebhookOptions:
@@ -59,7 +62,7 @@ class WebhookOptions:
         for rate in ("duplicate_rate", "lost_rate"):
             if not 0 <= getattr(out, rate) <= 1:
                 raise ValueError(f"{rate} must be between 0 and 1")
-        if out.retry_attempts < 0 or out.concurrency < 1:
+        if out.retry_attempts < 0 or out.concurrency < 1 or out.max_per_second < 0:
             raise ValueError("retry_attempts must be >= 0 and concurrency >= 1")
         return out
 
@@ -125,6 +128,7 @@ class WebhookSender:
     _client: httpx.AsyncClient | None = None
     _closing: asyncio.Task[None] | None = None
     _pending: int = 0
+    _next_slot: float = 0.0
 
     def configure(self, urls: dict[str, str], options: WebhookOptions) -> None:
         """Set (replace) the URLs and options; starts the workers on the running loop."""
@@ -188,7 +192,17 @@ class WebhookSender:
             finally:
                 self._pending -= 1
 
+    async def _pace(self) -> None:
+        """Wait for this delivery's slot when deliveries are paced (`max_per_second`)."""
+        if self.options.max_per_second <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        slot = max(loop.time(), self._next_slot)
+        self._next_slot = slot + 1.0 / self.options.max_per_second
+        await asyncio.sleep(slot - loop.time())
+
     async def _send(self, client: httpx.AsyncClient, job: _Job) -> None:
+        await self._pace()
         entry = self.log[job.ev.event_id]
         now = time.time()
         entry.first_sent_at = entry.first_sent_at or now
