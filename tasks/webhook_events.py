@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mailsync.config import ConfigError
 from mailsync.webhook.trigger import LOCATION_EVENT, LOCATION_RESOURCE_PREFIX
 
 
@@ -26,9 +27,14 @@ def prefect_emitter() -> Callable[[str], None]:
 
     `emit_event` queues the event for Prefect's background events worker and returns at
     once; it returns None (and sends nothing) when no API is configured, which is said here
-    rather than lost.
+    rather than lost. Without an API at all it refuses to start (a ConfigError).
     """
     from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError('[webhooks] mode = "prefect" needs PREFECT_API_URL: the Prefect '
+                          "server's API, e.g. http://prefect-host:4200/api")
 
     def emit(location_id: str) -> None:
         if emit_event(**location_event(location_id)) is None:

@@ -72,16 +72,24 @@ def test_the_flow_accepts_the_rendered_parameters():
 def test_the_emitter_sends_the_event_and_says_when_prefect_took_none(
         monkeypatch: pytest.MonkeyPatch):
     import prefect.events
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from mailsync.config import ConfigError
+
+    with temporary_settings(updates={PREFECT_API_URL: None}), \
+            pytest.raises(ConfigError, match="PREFECT_API_URL"):
+        prefect_emitter()
     sent: list[dict[str, Any]] = []
     monkeypatch.setattr(prefect.events, "emit_event",
                         lambda **kw: sent.append(kw) or object())
-    prefect_emitter()("loc-7")
-    assert sent == [location_event("loc-7")]
-    assert sent[0]["resource"]["prefect.resource.id"] == "mailsync.location.loc-7"
-    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: None)
-    with pytest.raises(RuntimeError, match="PREFECT_API_URL"):
-        prefect_emitter()("loc-7")
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        emit = prefect_emitter()
+        emit("loc-7")
+        assert sent == [location_event("loc-7")]
+        assert sent[0]["resource"]["prefect.resource.id"] == "mailsync.location.loc-7"
+        monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: None)
+        with pytest.raises(RuntimeError, match="PREFECT_API_URL"):
+            prefect_emitter()("loc-7")
     assert webhook_events.LOCATION_EVENT == LOCATION_EVENT
 
 
