@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Update, bindparam, delete, func, select, tuple_, update
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlalchemy import Executable, Select, Update, bindparam, delete, func, select, tuple_, update
+from sqlalchemy.engine import Connection, Engine
 
-from mailsync.store.models import SettledContact, WriteIntent, WriteKind, WriteStatus, utcnow
-from mailsync.store.ops import insert_ignore
+from mailsync.store.models import (
+    ContactLink,
+    SettledContact,
+    WriteIntent,
+    WriteKind,
+    WriteStatus,
+    utcnow,
+)
+from mailsync.store.ops import dialect_insert
 from mailsync.store.reasons import Reason
 
 SYNC_STATUSES = (WriteStatus.pending, WriteStatus.unknown, WriteStatus.failed)
@@ -80,18 +86,40 @@ def open_recipients(engine: Engine, sel: Selection) -> list[tuple[str, str]]:
         return [(d, r) for d, r in conn.execute(q)]
 
 
-def rows_of(engine: Engine, sel: Selection, pairs: Sequence[tuple[str, str]]) -> list[WriteIntent]:
-    """The selected rows of these recipients, in ledger order (the apply edits them as it
-    resolves contacts, so they are ORM objects, outside any session)."""
-    q = sel.where(select(WriteIntent)).where(
+@dataclass(slots=True)
+class LedgerRow:
+    """A ledger row as the apply reads it: plain data (the apply edits `contact_id` and
+    `status` as it resolves contacts); no ORM identity map, events or instrumentation."""
+
+    id: int
+    kind: str
+    drop_id: str
+    recipient_key: str
+    code: str
+    contact_id: str | None
+    tag: str | None
+    body: str | None
+    marker: str | None
+    status: str
+    reason_code: str | None
+    reason: str | None
+
+
+_ROW_COLUMNS = (_C.id, _C.kind, _C.drop_id, _C.recipient_key, _C.code, _C.contact_id, _C.tag,
+                _C.body, _C.marker, _C.status, _C.reason_code, _C.reason)
+
+
+def rows_of(engine: Engine, sel: Selection, pairs: Sequence[tuple[str, str]]) -> list[LedgerRow]:
+    """The selected rows of these recipients, in ledger order."""
+    q = sel.where(select(*_ROW_COLUMNS)).where(
         tuple_(_C.drop_id, _C.recipient_key).in_(list(pairs))).order_by(_C.id)
-    with Session(engine) as s:
-        return list(s.scalars(q).all())
+    with engine.connect() as conn:
+        return [LedgerRow(*r) for r in conn.execute(q)]
 
 
 @dataclass(frozen=True)
 class RowOutcome:
-    """What one attempt did to one row, queued for the contact's commit."""
+    """What one attempt did to one row, queued in a `Batch`."""
 
     row_id: int
     status: WriteStatus
@@ -101,30 +129,36 @@ class RowOutcome:
     remote_id: str | None = None
     clear_contact: bool = False
     """Forget the row's contact (HighLevel no longer knows it): the next run resolves again."""
+    attempt: bool = True
+    """Count an attempt (False: the row was not sent, e.g. its lookup got no answer)."""
 
     def params(self, now: datetime) -> dict[str, Any]:
-        """The bind parameters of `_OUTCOME` for this outcome."""
+        """The bind parameters of `_outcome_statement` for this outcome."""
         return {"row_id": self.row_id, "now": now, "v_status": self.status,
                 "v_code": self.reason, "v_reason": self.detail, "v_http": self.http_status,
                 "v_remote": self.remote_id}
 
 
-_OUTCOME = update(_WRITES).where(_C.id == bindparam("row_id")).values(
-    status=bindparam("v_status", type_=_C.status.type),
-    reason_code=bindparam("v_code", type_=_C.reason_code.type),
-    reason=bindparam("v_reason", type_=_C.reason.type),
-    updated_at=_NOW,
-    last_http_status=func.coalesce(bindparam("v_http", type_=_C.last_http_status.type),
-                                   _C.last_http_status),
-    remote_id=func.coalesce(bindparam("v_remote", type_=_C.remote_id.type), _C.remote_id),
-    attempts=_C.attempts + 1,
-    last_attempt_at=_NOW,
-    first_attempt_at=func.coalesce(_C.first_attempt_at, _NOW),
-)
-
-
-# A contact HighLevel no longer knows: its rows are resolved again by the next run.
-_OUTCOME_CLEARING = _OUTCOME.values(contact_id=None)
+@functools.cache
+def _outcome_statement(clear_contact: bool, attempt: bool) -> Update:
+    """The UPDATE storing one outcome per parameter set (see `RowOutcome.params`)."""
+    values: dict[str, Any] = {
+        "status": bindparam("v_status", type_=_C.status.type),
+        "reason_code": bindparam("v_code", type_=_C.reason_code.type),
+        "reason": bindparam("v_reason", type_=_C.reason.type),
+        "updated_at": _NOW,
+        "last_http_status": func.coalesce(bindparam("v_http", type_=_C.last_http_status.type),
+                                          _C.last_http_status),
+        "remote_id": func.coalesce(bindparam("v_remote", type_=_C.remote_id.type),
+                                   _C.remote_id),
+    }
+    if attempt:
+        values.update(attempts=_C.attempts + 1, last_attempt_at=_NOW,
+                      first_attempt_at=func.coalesce(_C.first_attempt_at, _NOW))
+    if clear_contact:
+        # A contact HighLevel no longer knows: its rows are resolved again by the next run.
+        values["contact_id"] = None
+    return update(_WRITES).where(_C.id == bindparam("row_id")).values(values)
 
 
 @functools.cache
@@ -170,42 +204,109 @@ _UNSENT = update(_WRITES).where(
          reason_code=bindparam("v_code", type_=_C.reason_code.type),
          reason=bindparam("v_reason", type_=_C.reason.type), updated_at=_NOW)
 
-
-def store(engine: Engine, *, outcomes: Sequence[RowOutcome] = (),
-          sending: Sequence[int | None] = (), unsent: Sequence[WriteIntent] = (),
-          marked_at: datetime | None = None) -> datetime:
-    """In one transaction: store queued outcomes, mark rows as being sent (`unknown`), and
-    give rows marked so at `marked_at` but never sent their status back. Returns its time."""
-    now = utcnow()
-    with engine.begin() as conn:
-        for clear in (False, True):
-            batch = [o.params(now) for o in outcomes if o.clear_contact is clear]
-            if batch:
-                conn.execute(_OUTCOME_CLEARING if clear else _OUTCOME, batch)
-        ids = [i for i in sending if i is not None]
-        if ids:
-            conn.execute(_mark_statement(frozenset({"status", "reason_code", "reason"}), False),
-                         {"ids": ids, "now": now, "v_status": WriteStatus.unknown,
-                          "v_reason_code": Reason.sending, "v_reason": None})
-        if unsent and marked_at is not None:
-            conn.execute(_UNSENT, [{"row_id": r.id, "marked_at": marked_at, "now": now,
-                                    "v_status": r.status, "v_code": r.reason_code,
-                                    "v_reason": r.reason} for r in unsent])
-    return now
-
-
 _LINKED = update(_WRITES).where(_C.id == bindparam("row_id")).values(
     contact_id=bindparam("v_contact", type_=_C.contact_id.type),
     status=WriteStatus.pending, reason_code=None, reason=None, updated_at=_NOW)
 
+_SETTLED = SettledContact.__table__  # type: ignore[attr-defined]
+_LINKS = ContactLink.__table__  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _settled_insert(dialect: str) -> Executable:
+    return dialect_insert(dialect)(_SETTLED).on_conflict_do_nothing()
+
+
+@functools.cache
+def _link_upsert(dialect: str) -> Executable:
+    ins = dialect_insert(dialect)(_LINKS)
+    return ins.on_conflict_do_update(
+        index_elements=[_LINKS.c.location_id, _LINKS.c.recipient_key],
+        set_={"contact_id": ins.excluded.contact_id, "matched_by": ins.excluded.matched_by,
+              "updated_at": ins.excluded.updated_at})
+
+
+@dataclass
+class Batch:
+    """Ledger writes an apply queues, stored together in one transaction by `write`.
+
+    Outcomes may wait (a crash that loses them leaves rows `pending`, `failed` or `unknown`,
+    which the next run retries or settles by marker); marking notes `unknown` may not: `write`
+    returns only once they are committed, and their POSTs come after.
+    """
+
+    location_id: str
+    links: list[tuple[int, str]] = field(default_factory=list)
+    """(row id, contact id): rows pointed at their resolved contact (pending again)."""
+    found: list[tuple[str, str | None, str]] = field(default_factory=list)
+    """(recipient key, contact id or None, how matched): `contact_links` to store."""
+    outcomes: list[RowOutcome] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
+    """Contacts whose notes were read; stored with the outcomes of the notes found there."""
+    sending: list[int] = field(default_factory=list)
+    """Note rows to mark `unknown` (being sent)."""
+    unsent: list[LedgerRow] = field(default_factory=list)
+    """Rows marked `unknown` at `marked_at` and never sent: their own status back."""
+    marked_at: datetime | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.links or self.found or self.outcomes or self.settled or self.sending
+                    or (self.unsent and self.marked_at is not None))
+
+
+def write(engine: Engine, batch: Batch) -> datetime:
+    """Store everything `batch` holds in one transaction and empty it; returns the time it
+    stamped (the `marked_at` of the rows it marked as being sent)."""
+    now = utcnow()
+    if not batch:
+        return now
+    with engine.begin() as conn:
+        _write(conn, batch, now)
+    batch.links, batch.found, batch.outcomes, batch.settled = [], [], [], []
+    batch.sending, batch.unsent = [], []
+    return now
+
+
+def _write(conn: Connection, batch: Batch, now: datetime) -> None:
+    # One executemany per statement: compiled once per process, no per-row ORM work.
+    dialect = conn.dialect.name
+    if batch.links:
+        conn.execute(_LINKED, [{"row_id": i, "v_contact": c, "now": now}
+                               for i, c in batch.links])
+    if batch.found:
+        conn.execute(_link_upsert(dialect), [
+            {"location_id": batch.location_id, "recipient_key": key, "contact_id": contact,
+             "matched_by": how, "updated_at": now} for key, contact, how in batch.found])
+    groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+    for o in batch.outcomes:
+        groups.setdefault((o.clear_contact, o.attempt), []).append(o.params(now))
+    for (clear, attempt), params in groups.items():
+        conn.execute(_outcome_statement(clear, attempt), params)
+    if batch.settled:
+        conn.execute(_settled_insert(dialect), [
+            {"location_id": batch.location_id, "contact_id": c, "settled_at": now}
+            for c in dict.fromkeys(batch.settled)])
+    if batch.sending:
+        conn.execute(_mark_statement(frozenset({"status", "reason_code", "reason"}), False),
+                     {"ids": batch.sending, "now": now, "v_status": WriteStatus.unknown,
+                      "v_reason_code": Reason.sending, "v_reason": None})
+    if batch.unsent and batch.marked_at is not None:
+        conn.execute(_UNSENT, [{"row_id": r.id, "marked_at": batch.marked_at, "now": now,
+                                "v_status": r.status, "v_code": r.reason_code,
+                                "v_reason": r.reason} for r in batch.unsent])
+
 
 def link_rows(engine: Engine, links: Sequence[tuple[int, str]]) -> None:
     """Point rows at their resolved contact (pending again, if a replay re-opened them)."""
-    if not links:
-        return
-    now = utcnow()
-    with engine.begin() as conn:
-        conn.execute(_LINKED, [{"row_id": i, "v_contact": c, "now": now} for i, c in links])
+    if links:
+        write(engine, Batch("", links=list(links)))
+
+
+def save_links(engine: Engine, location_id: str,
+               found: Sequence[tuple[str, str | None, str]]) -> None:
+    """Store recipients' contact links: (recipient key, contact id or None, how matched)."""
+    if found:
+        write(engine, Batch(location_id, found=list(found)))
 
 
 def defer_open(engine: Engine, sel: Selection, reason: Reason, detail: str | None = None,
@@ -219,8 +320,6 @@ def defer_open(engine: Engine, sel: Selection, reason: Reason, detail: str | Non
 
 
 # -- contacts whose notes this store has read ------------------------------------------------
-
-_SETTLED = SettledContact.__table__  # type: ignore[attr-defined]
 
 
 def settled_contacts(engine: Engine, location_id: str, contact_ids: Iterable[str]) -> set[str]:
@@ -236,9 +335,7 @@ def settled_contacts(engine: Engine, location_id: str, contact_ids: Iterable[str
 
 def mark_settled(engine: Engine, location_id: str, contact_id: str) -> None:
     """Record that this store has read the contact's notes (from now on it knows them)."""
-    with Session(engine) as s:
-        insert_ignore(s, [SettledContact(location_id=location_id, contact_id=contact_id)])
-        s.commit()
+    write(engine, Batch(location_id, settled=[contact_id]))
 
 
 def forget_settled(engine: Engine, location_id: str | None = None,

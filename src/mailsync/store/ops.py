@@ -22,6 +22,16 @@ from sqlmodel import Session, SQLModel
 T = TypeVar("T")
 R = TypeVar("R")
 
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def dialect_insert(dialect: str) -> Callable[[Table], Any]:
+    """The INSERT construct of a dialect that knows ON CONFLICT (both databases we run on)."""
+    ins = _INSERTS.get(dialect)
+    if ins is None:
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    return ins
+
 
 def insert_ignore(
     session: Session, objs: Sequence[SQLModel], conflict_cols: Iterable[str] | None = None,
@@ -39,10 +49,7 @@ def insert_ignore(
     rows: list[dict[str, Any]] = [
         o.model_dump(exclude={"id"} if getattr(o, "id", 0) is None else None) for o in objs
     ]
-    dialect = session.get_bind().dialect.name
-    ins = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if ins is None:
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    ins = dialect_insert(session.get_bind().dialect.name)
     cols = list(conflict_cols) if conflict_cols is not None else None
     out = table.c[returning] if returning else next(iter(table.primary_key.columns))
     # One single-row statement executed for many parameter sets: SQLAlchemy batches it into

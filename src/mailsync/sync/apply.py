@@ -5,7 +5,12 @@ one by one. Before the first note this store sends to a contact, and whenever a 
 `unknown`, the contact's notes are read and every planned note whose marker is already there is
 done: a note is never sent twice, whichever store (or crash) sent it first. A note's row is
 marked `unknown` (and committed) *before* its POST. A `done` row is never selected again.
-The ledger's statements live in `store.ledger`; this module is the procedure.
+
+Rows go in chunks of recipients, and the ledger's writes of a chunk in two commits: one with
+what resolving found and every note of the chunk marked `unknown`, before the first POST; one
+with the chunk's outcomes at its end. A crash in between costs the next run one read of each
+such contact's notes, never a note twice. The statements live in `store.ledger`; this module
+is the procedure.
 """
 
 from __future__ import annotations
@@ -22,16 +27,30 @@ from sqlalchemy.engine import Engine
 
 from mailsync.clients.auth import AuthError, RefreshFailure
 from mailsync.clients.highlevel import HighLevelClient
-from mailsync.clients.http import Outcome
+from mailsync.clients.http import DEFAULT_CONNECTIONS, Outcome
 from mailsync.codes import RESPONSE_CODES, EventCode, WriteClass, tag_key
 from mailsync.store import ledger
 from mailsync.store.leases import DEFAULT_TTL, HeldLease, hold_lease
-from mailsync.store.ledger import MAX_AUTO_ATTEMPTS, SYNC_STATUSES, RowOutcome, Selection
-from mailsync.store.models import WriteIntent, WriteKind, WriteStatus
+from mailsync.store.ledger import (
+    MAX_AUTO_ATTEMPTS,
+    SYNC_STATUSES,
+    LedgerRow,
+    RowOutcome,
+    Selection,
+)
+from mailsync.store.models import WriteKind, WriteStatus
 from mailsync.store.reasons import Reason
 from mailsync.sync import failpoints
 from mailsync.sync.notes import already_there
-from mailsync.sync.resolve import Resolved, forget_contact, load_recipients, resolve
+from mailsync.sync.resolve import (
+    Resolution,
+    Resolved,
+    ask,
+    cached,
+    forget_contact,
+    known_contacts,
+    load_recipients,
+)
 
 
 class Stop(StrEnum):
@@ -69,7 +88,8 @@ class ApplyOptions:
     reresolve: bool = False
     create_missing: frozenset[str] = frozenset()
     """Drop ids whose recipients without a contact get one created (upsert, no tags)."""
-    concurrency: int = 8
+    concurrency: int = DEFAULT_CONNECTIONS
+    """Calls in flight at once: the client's pool holds as many connections."""
     chunk_recipients: int = 200
     holder: str | None = None
     lease_ttl: timedelta = DEFAULT_TTL
@@ -92,11 +112,12 @@ _STATUS_OF = {"ok": WriteStatus.done, "rejected": WriteStatus.rejected,
               "deferred": WriteStatus.pending}
 
 
-def row_outcomes(rows: Sequence[WriteIntent], outcome: Outcome) -> list[RowOutcome]:
+def row_outcomes(rows: Sequence[LedgerRow], outcome: Outcome) -> list[RowOutcome]:
     """What a call's outcome means for each of its rows, with the reason typed."""
     status = _STATUS_OF[outcome.status]
     reason: Reason | None = None
     clear = False
+    attempt = True
     if status == WriteStatus.rejected and outcome.contact_gone:
         # The contact is gone: resolve the recipient again next run (it may be re-created).
         status, reason, clear = WriteStatus.pending, Reason.contact_gone, True
@@ -106,13 +127,18 @@ def row_outcomes(rows: Sequence[WriteIntent], outcome: Outcome) -> list[RowOutco
         reason = Reason.unanswered
     elif status == WriteStatus.unknown:
         reason = Reason.sent_unanswered
+    elif status == WriteStatus.pending:  # deferred: not sent for the daily quota
+        reason, attempt = Reason.daily_quota, False
     done = status == WriteStatus.done
     return [RowOutcome(r.id, status, reason, None if done else outcome.reason,
-                       outcome.http_status, outcome.remote_id if done else None, clear)
-            for r in rows if r.id is not None]
+                       outcome.http_status, outcome.remote_id if done else None, clear, attempt)
+            for r in rows]
 
 
 class _Applier:
+    """One location's apply, chunk by chunk: the ledger's writes of a chunk wait in one
+    `ledger.Batch`, stored in two commits (before its first note is sent, and at its end)."""
+
     def __init__(self, engine: Engine, hl: HighLevelClient, location_id: str,
                  opts: ApplyOptions, progress: Progress | None) -> None:
         self.engine, self.hl, self.location_id = engine, hl, location_id
@@ -123,6 +149,11 @@ class _Applier:
         self.lease: HeldLease | None = None
         self.sem = asyncio.Semaphore(opts.concurrency)
         self.settled: set[str] = set()
+        self.batch = ledger.Batch(location_id)
+        self.sent: set[int] = set()
+        """Notes of the chunk whose POST has started (whatever came of it)."""
+        self.told: set[int] = set()
+        """Rows of the chunk with an outcome queued."""
 
     @property
     def stopping(self) -> Stop | None:
@@ -136,109 +167,135 @@ class _Applier:
         if self.progress:
             self.progress(self.location_id, n)
 
-    def _record(self, c: _Contact, rows: Sequence[WriteIntent], outcome: Outcome,
-                into: list[RowOutcome]) -> None:
-        """Queue a call's outcome for its rows on `into`, which `ledger.store` writes; a call
-        not sent for the daily quota is stored at once."""
-        self.result.calls += 1
-        found = row_outcomes(rows, outcome)
-        if outcome.contact_gone:
-            c.gone = outcome.reason
-        if outcome.status == "deferred":
-            ledger.mark(self.engine, [r.id for r in rows], WriteStatus.pending,
-                        reason=Reason.daily_quota, detail=outcome.reason)
-            self.stop = Stop.daily_quota
-        else:
-            into.extend(found)
-        for o in found:
+    def _queue(self, outcomes: Iterable[RowOutcome]) -> None:
+        """Queue outcomes for the chunk's last commit, and count them."""
+        for o in outcomes:
+            self.batch.outcomes.append(o)
+            self.told.add(o.row_id)
             self._done(o.status)
 
+    def _record(self, rows: Sequence[LedgerRow], outcome: Outcome) -> None:
+        """Queue a call's outcome for its rows; a call not sent for the daily quota stops
+        the apply."""
+        self.result.calls += 1
+        if outcome.status == "deferred":
+            self.stop = Stop.daily_quota
+        self._queue(row_outcomes(rows, outcome))
+
     async def run_chunk(self, sel: Selection, pairs: list[tuple[str, str]]) -> None:
+        """Resolve, then write the chunk's contacts side by side.
+
+        Its notes are all marked `unknown` in the commit that also stores what resolving
+        found, before any is sent; a crash from then on leaves them `unknown`, which the next
+        run settles by their markers (reading each such contact's notes once), so a note is
+        never sent twice. The chunk's outcomes are stored together when it ends, however it
+        ends; notes never sent get their status back, unless the lease was lost and another
+        worker may already be settling them.
+        """
         rows = ledger.rows_of(self.engine, sel, pairs)
         if self.opts.reresolve:
             for r in rows:
                 if r.status == WriteStatus.rejected:
                     r.contact_id = None
-        await self._resolve([r for r in rows if r.contact_id is None])
-        by_contact: dict[str, list[WriteIntent]] = defaultdict(list)
-        for r in rows:
-            if r.contact_id is not None:
-                by_contact[r.contact_id].append(r)
-        self.settled = ledger.settled_contacts(self.engine, self.location_id, by_contact)
-        await _all_or_first_error(self._contact(c, rs) for c, rs in by_contact.items())
+        marked: list[LedgerRow] = []
+        self.sent, self.told = set(), set()
+        try:
+            await self._resolve([r for r in rows if r.contact_id is None])
+            by_contact: dict[str, list[LedgerRow]] = defaultdict(list)
+            for r in rows:
+                if r.contact_id is not None:
+                    by_contact[r.contact_id].append(r)
+            self.settled = ledger.settled_contacts(self.engine, self.location_id, by_contact)
+            if not self.stopping:
+                marked = [r for r in rows if r.contact_id is not None
+                          and r.kind == WriteKind.note and r.id not in self.told]
+                self.batch.sending = [r.id for r in marked]
+            self.batch.marked_at = ledger.write(self.engine, self.batch)
+            await _all_or_first_error(self._contact(c, rs) for c, rs in by_contact.items())
+        finally:
+            lost = self.lease is not None and self.lease.lost
+            self.batch.sending = []  # only ever stored before the chunk's first note
+            self.batch.unsent = [] if lost else [
+                r for r in marked if r.id not in self.sent and r.id not in self.told]
+            ledger.write(self.engine, self.batch)
 
-    async def _resolve(self, rows: list[WriteIntent]) -> None:
+    async def _resolve(self, rows: list[LedgerRow]) -> None:
         if not rows:
             return
-        pairs: dict[tuple[str, str], list[WriteIntent]] = defaultdict(list)
+        pairs: dict[tuple[str, str], list[LedgerRow]] = defaultdict(list)
         for r in rows:
             pairs[(r.drop_id, r.recipient_key)].append(r)
         who = load_recipients(self.engine, set(pairs))
-        linked: list[tuple[int, str]] = []
-
-        async def one(pair: tuple[str, str], its_rows: list[WriteIntent]) -> None:
-            ids = [r.id for r in its_rows if r.id is not None]
-            if pair not in who:
-                ledger.mark(self.engine, ids, WriteStatus.rejected, reason=Reason.event_gone)
-                self._done(WriteStatus.rejected, len(ids))
-                return
-            async with self.sem:
-                if self.stopping:
-                    return
-                res = await resolve(self.engine, self.hl, self.location_id, who[pair],
-                                    reresolve=self.opts.reresolve,
-                                    create_missing=pair[0] in self.opts.create_missing)
-            failpoints.hit("resolved")
-            if res.contact_id:
-                linked.extend((i, res.contact_id) for i in ids)
-                for r in its_rows:
-                    r.contact_id, r.status = res.contact_id, WriteStatus.pending
-                return
-            final = res.status == Resolved.rejected
-            status = WriteStatus.rejected if final else WriteStatus.pending
-            ledger.mark(self.engine, ids, status, reason=res.reason, detail=res.detail,
-                        http_status=res.http_status, attempt=final)
-            self._done(status, len(ids))
-
+        known = known_contacts(self.engine, self.location_id, who.values())
+        asks: list[tuple[tuple[str, str], list[LedgerRow]]] = []
         try:
-            await _all_or_first_error(one(p, rs) for p, rs in pairs.items())
-        finally:
-            # The links found, stored together (a crash loses only cached work: the links
-            # themselves are in `contact_links`).
-            ledger.link_rows(self.engine, linked)
+            for pair, its_rows in pairs.items():
+                if pair not in who:
+                    self._queue(RowOutcome(r.id, WriteStatus.rejected, Reason.event_gone,
+                                           attempt=False) for r in its_rows)
+                    continue
+                res = cached(who[pair], known, self.opts.reresolve)
+                if res is None:
+                    asks.append((pair, its_rows))
+                else:
+                    failpoints.hit("resolved")
+                    self._resolved(its_rows, res)
 
-    async def _contact(self, contact_id: str, rows: list[WriteIntent]) -> None:
+            async def one(pair: tuple[str, str], its_rows: list[LedgerRow]) -> None:
+                async with self.sem:
+                    if self.stopping:
+                        return
+                    res = await ask(self.engine, self.hl, known, who[pair],
+                                    create_missing=pair[0] in self.opts.create_missing)
+                failpoints.hit("resolved")
+                self._resolved(its_rows, res)
+
+            await _all_or_first_error(one(p, rs) for p, rs in asks)
+        finally:
+            # The links found go with the chunk's first commit (a crash loses only cached
+            # work: HighLevel is asked again).
+            self.batch.found.extend(known.found)
+
+    def _resolved(self, rows: list[LedgerRow], res: Resolution) -> None:
+        """Point the rows at their contact, or queue why they have none."""
+        if res.contact_id:
+            self.batch.links.extend((r.id, res.contact_id) for r in rows)
+            for r in rows:
+                r.contact_id, r.status = res.contact_id, WriteStatus.pending
+            return
+        final = res.status == Resolved.rejected
+        status = WriteStatus.rejected if final else WriteStatus.pending
+        self._queue(RowOutcome(r.id, status, res.reason, res.detail, res.http_status,
+                               attempt=final) for r in rows)
+
+    async def _contact(self, contact_id: str, rows: list[LedgerRow]) -> None:
         async with self.sem:
             if self.stopping:
                 return
             c = _Contact(contact_id, rows)
-            notes = sorted((r for r in rows if r.kind == WriteKind.note), key=lambda r: r.id or 0)
+            notes = sorted((r for r in rows if r.kind == WriteKind.note), key=lambda r: r.id)
             if notes and (contact_id not in self.settled
                           or any(n.status == WriteStatus.unknown for n in notes)):
                 notes = await self._settle(c, notes)
-            try:
-                for kind, call in ((WriteKind.untag, self.hl.remove_tags),
-                                   (WriteKind.tag, self.hl.add_tags)):
-                    batch = [r for r in rows if r.kind == kind]
-                    if batch and not self.stopping and c.gone is None:
-                        await self._tags(c, batch, call, check=kind == WriteKind.tag)
-            except BaseException:
-                ledger.store(self.engine, outcomes=c.later)
-                raise
+            for kind, call in ((WriteKind.untag, self.hl.remove_tags),
+                               (WriteKind.tag, self.hl.add_tags)):
+                batch = [r for r in rows if r.kind == kind]
+                if batch and not self.stopping and c.gone is None:
+                    await self._tags(c, batch, call, check=kind == WriteKind.tag)
             if c.gone is not None:
-                self._forget(c, rows, c.later)
-                notes = []
+                self._forget(c, rows)
+                return
             await self._notes(c, notes)
 
-    def _forget(self, c: _Contact, rows: Iterable[WriteIntent], into: list[RowOutcome]) -> None:
+    def _forget(self, c: _Contact, rows: Iterable[LedgerRow]) -> None:
         """HighLevel no longer knows the contact: its open rows are resolved again next run."""
         forget_contact(self.engine, self.location_id, {r.recipient_key for r in c.rows}, c.id)
-        told = {o.row_id for o in into}
-        into.extend(RowOutcome(r.id, WriteStatus.pending, Reason.contact_gone, c.gone,
+        self.batch.found = [f for f in self.batch.found if f[1] != c.id]
+        self._queue(RowOutcome(r.id, WriteStatus.pending, Reason.contact_gone, c.gone,
                                clear_contact=True)
-                    for r in rows if r.id is not None and r.id not in told)
+                    for r in rows if r.id not in self.told)
 
-    async def _settle(self, c: _Contact, notes: list[WriteIntent]) -> list[WriteIntent]:
+    async def _settle(self, c: _Contact, notes: list[LedgerRow]) -> list[LedgerRow]:
         """Read the contact's notes; every planned note whose marker is there is done.
         Returns the notes still to send: none of the doubtful ones when the read failed."""
         first = c.id not in self.settled
@@ -251,19 +308,20 @@ class _Applier:
             # Cannot tell which notes landed. Before this store's first note to the contact
             # every note is doubtful; after it, only the `unknown` ones.
             return [] if first else [n for n in notes if n.status != WriteStatus.unknown]
-        still: list[WriteIntent] = []
+        still: list[LedgerRow] = []
         for note in notes:
             remote_id = already_there(listing.data, note.marker or "")
             if remote_id is None:
                 still.append(note)
-                continue
-            ledger.mark(self.engine, [note.id], WriteStatus.done, remote_id=remote_id)
-            self._done(WriteStatus.done)
-        ledger.mark_settled(self.engine, self.location_id, c.id)
+            else:
+                self._queue([RowOutcome(note.id, WriteStatus.done, remote_id=remote_id,
+                                        attempt=False)])
+        # Stored in the same commit as the notes found there, never before them.
+        self.batch.settled.append(c.id)
         self.settled.add(c.id)
         return still
 
-    async def _tags(self, c: _Contact, batch: list[WriteIntent], call: Any,
+    async def _tags(self, c: _Contact, batch: list[LedgerRow], call: Any,
                     check: bool) -> None:
         wanted: dict[str, str] = {}
         for r in batch:
@@ -276,56 +334,36 @@ class _Applier:
         if check and outcome.ok and isinstance(outcome.data, list):
             kept = {tag_key(str(t)) for t in outcome.data}
             missing = [r for r in batch if tag_key(r.tag or "") not in kept]
-            c.later.extend(RowOutcome(r.id, WriteStatus.failed, Reason.tag_missing,
-                                      http_status=outcome.http_status)
-                           for r in missing if r.id is not None)
-            self._done(WriteStatus.failed, len(missing))
+            self._queue(RowOutcome(r.id, WriteStatus.failed, Reason.tag_missing,
+                                   http_status=outcome.http_status) for r in missing)
             batch = [r for r in batch if r not in missing]
-        self._record(c, batch, outcome, c.later)
+        if outcome.contact_gone:
+            c.gone = outcome.reason
+        self._record(batch, outcome)
 
-    async def _notes(self, c: _Contact, notes: list[WriteIntent]) -> None:
-        """POST a contact's notes one by one, all marked `unknown` first, in the commit that
-        also stores the contact's earlier outcomes.
-
-        A crash from then on leaves `unknown` rows, which the next run settles by their
-        markers, so a note is never sent twice. The notes' outcomes are stored together once
-        the contact is done; notes never sent (a stop, an error) get their status back,
-        unless the lease was lost and another worker may already be settling them.
-        """
-        if not notes or self.stopping:
-            ledger.store(self.engine, outcomes=c.later)
-            return
-        marked_at = ledger.store(self.engine, outcomes=c.later, sending=[n.id for n in notes])
-        outcomes: list[RowOutcome] = []
-        sent: set[int | None] = set()
-        try:
-            for note in notes:
-                if self.stopping or c.gone is not None:
-                    break
-                failpoints.hit("before-note-post")
-                sent.add(note.id)
-                outcome = await self.hl.create_note(c.id, note.body or "")
-                failpoints.hit("after-note-post")
-                self._record(c, [note], outcome, outcomes)
-        finally:
-            unsent = [n for n in notes if n.id not in sent]
-            if c.gone is not None:
-                self._forget(c, unsent, outcomes)
-                unsent = []
-            lost = self.lease is not None and self.lease.lost
-            ledger.store(self.engine, outcomes=outcomes, marked_at=marked_at,
-                         unsent=[] if lost else unsent)
-            failpoints.hit("note-recorded")
+    async def _notes(self, c: _Contact, notes: list[LedgerRow]) -> None:
+        """POST a contact's notes one by one (each already `unknown` in the store)."""
+        for note in notes:
+            if self.stopping or c.gone is not None:
+                break
+            failpoints.hit("before-note-post")
+            self.sent.add(note.id)
+            outcome = await self.hl.create_note(c.id, note.body or "")
+            failpoints.hit("after-note-post")
+            if outcome.contact_gone:
+                c.gone = outcome.reason
+            self._record([note], outcome)
+        if c.gone is not None:
+            self._forget(c, [n for n in notes if n.id not in self.sent])
+        failpoints.hit("note-recorded")
 
 
 @dataclass
 class _Contact:
-    """One contact's rows while they are applied, and what its calls said so far."""
+    """One contact's rows while they are applied."""
 
     id: str
-    rows: list[WriteIntent]
-    later: list[RowOutcome] = field(default_factory=list)
-    """Outcomes queued for the commit that marks the contact's notes as being sent."""
+    rows: list[LedgerRow]
     gone: str | None = None
     """HighLevel's words when it said the contact does not exist."""
 

@@ -1,21 +1,25 @@
 """Which HighLevel contact a recipient is: carried id → cached link → lookup → (create) → none.
 
 Lookups are cached in `contact_links`, misses too, so a run asks HighLevel once per recipient
-at most. Replay re-resolves misses, since contacts may have been created since.
+at most. Replay re-resolves misses, since contacts may have been created since. The apply
+reads what the store knows of a chunk's recipients in two queries (`known_contacts`), decides
+the cached ones without I/O (`cached`) and asks HighLevel about the rest (`ask`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session, col
 
 from mailsync.clients.highlevel import HighLevelClient
-from mailsync.store.models import ContactLink, GoneContact, MailEvent, utcnow
+from mailsync.store import ledger
+from mailsync.store.models import ContactLink, GoneContact, MailEvent
 from mailsync.store.ops import insert_ignore
 from mailsync.store.reasons import Reason
 
@@ -72,38 +76,74 @@ class Resolution:
     http_status: int | None = None
 
 
+_EVENTS = MailEvent.__table__  # type: ignore[attr-defined]
+_LINKS = ContactLink.__table__  # type: ignore[attr-defined]
+_GONE = GoneContact.__table__  # type: ignore[attr-defined]
+_DETAILS = ("carried_contact_id", "email", "phone", "first_name", "last_name")
+
+
 def load_recipients(engine: Engine,
                     pairs: set[tuple[str, str]]) -> dict[tuple[str, str], Recipient]:
     """The known details of each (drop_id, recipient_key), newest event's details first."""
     out: dict[tuple[str, str], Recipient] = {}
-    with Session(engine) as s:
-        rows = s.exec(select(MailEvent)
-                      .where(col(MailEvent.recipient_key).in_([k for _, k in pairs]))
-                      .order_by(col(MailEvent.event_at))).all()
-    for e in rows:
-        pair = (e.drop_id, e.recipient_key)
+    if not pairs:
+        return out
+    e = _EVENTS.c
+    q = (select(e.drop_id, e.recipient_key, *(e[name] for name in _DETAILS))
+         .where(e.recipient_key.in_(list({k for _, k in pairs}))).order_by(e.event_at))
+    with engine.connect() as conn:
+        rows = conn.execute(q).all()
+    for drop_id, key, *details in rows:
+        pair = (drop_id, key)
         if pair not in pairs:
             continue
         prev = out.get(pair)
-
-        def pick(name: str, e: MailEvent = e, prev: Recipient | None = prev) -> str | None:
-            return getattr(e, name) or (getattr(prev, name) if prev else None)
-
-        out[pair] = Recipient(key=e.recipient_key, drop_id=e.drop_id,
-                              carried_contact_id=pick("carried_contact_id"), email=pick("email"),
-                              phone=pick("phone"), first_name=pick("first_name"),
-                              last_name=pick("last_name"))
+        if prev is not None:  # a later event's blank field keeps what an earlier one said
+            details = [d or getattr(prev, name) for d, name in zip(details, _DETAILS,
+                                                                    strict=True)]
+        out[pair] = Recipient(key, drop_id, *details)
     return out
 
 
-def _save_link(engine: Engine, location_id: str, recipient_key: str, contact_id: str | None,
-               matched_by: MatchedBy) -> None:
-    with Session(engine) as s:
-        link = s.get(ContactLink, (location_id, recipient_key)) or ContactLink(
-            location_id=location_id, recipient_key=recipient_key, matched_by=matched_by)
-        link.contact_id, link.matched_by, link.updated_at = contact_id, matched_by, utcnow()
-        s.add(link)
-        s.commit()
+@dataclass
+class Known:
+    """What the store knows of some recipients of a location, read at once: their links,
+    and which of the contacts those name (or the recipients carry) HighLevel said are gone.
+    Links decided since (looked up, created, none found) wait in `found` to be stored."""
+
+    location_id: str
+    links: dict[str, tuple[str | None, MatchedBy]] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+    found: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    def link(self, who: Recipient, contact_id: str | None, matched_by: MatchedBy) -> None:
+        """Remember (and queue for storing) the recipient's contact, or that there is none."""
+        self.links[who.key] = (contact_id, matched_by)
+        self.found.append((who.key, contact_id, matched_by.value))
+
+
+def known_contacts(engine: Engine, location_id: str, recipients: Iterable[Recipient]) -> Known:
+    """The links of these recipients and the gone contacts among theirs: two queries."""
+    who = list(recipients)
+    known = Known(location_id)
+    if not who:
+        return known
+    q = select(_LINKS.c.recipient_key, _LINKS.c.contact_id, _LINKS.c.matched_by).where(
+        _LINKS.c.location_id == location_id,
+        _LINKS.c.recipient_key.in_(list({w.key for w in who})))
+    with engine.connect() as conn:
+        known.links = {k: (c, MatchedBy(m)) for k, c, m in conn.execute(q)}
+        ids = {w.carried_contact_id for w in who} | {c for c, _m in known.links.values()}
+        known.gone = _gone(conn, location_id, ids)
+    return known
+
+
+def _gone(conn: Connection, location_id: str, contact_ids: set[str | None]) -> set[str]:
+    ids = [c for c in contact_ids if c]
+    if not ids:
+        return set()
+    return set(conn.execute(select(_GONE.c.contact_id).where(
+        _GONE.c.location_id == location_id, _GONE.c.contact_id.in_(ids))).scalars())
 
 
 def forget_contact(engine: Engine, location_id: str, recipient_keys: set[str],
@@ -119,14 +159,6 @@ def forget_contact(engine: Engine, location_id: str, recipient_keys: set[str],
         s.commit()
 
 
-def _gone(s: Session, location_id: str, contact_ids: set[str | None]) -> set[str]:
-    ids = [c for c in contact_ids if c]
-    if not ids:
-        return set()
-    return set(s.exec(select(GoneContact.contact_id).where(
-        GoneContact.location_id == location_id, col(GoneContact.contact_id).in_(ids))).all())
-
-
 def _contact_id(data: Any) -> str | None:
     if isinstance(data, dict):
         ident = data.get("id") or data.get("_id")
@@ -138,41 +170,65 @@ def _no_contact(who: Recipient) -> Resolution:
     return Resolution(None, MatchedBy.none, Resolved.rejected, Reason.no_contact, who.label())
 
 
-async def resolve(engine: Engine, hl: HighLevelClient, location_id: str, who: Recipient, *,
-                  reresolve: bool = False, create_missing: bool = False) -> Resolution:
-    """Find (or, when allowed, create) the HighLevel contact for one recipient."""
-    with Session(engine) as s:
-        link = s.get(ContactLink, (location_id, who.key))
-        gone = _gone(s, location_id, {who.carried_contact_id, link and link.contact_id})
-    if who.carried_contact_id and who.carried_contact_id not in gone:
+def cached(who: Recipient, known: Known, reresolve: bool = False) -> Resolution | None:
+    """The resolution the store already holds (carried id, cached link or cached miss), or
+    None when HighLevel must be asked."""
+    if who.carried_contact_id and who.carried_contact_id not in known.gone:
         return Resolution(who.carried_contact_id, MatchedBy.carried)
-    if link is not None and link.contact_id not in gone and (link.contact_id or not reresolve):
-        if link.contact_id:
-            return Resolution(link.contact_id, MatchedBy(link.matched_by))
+    link = known.links.get(who.key)
+    if link is not None and link[0] not in known.gone and (link[0] or not reresolve):
+        if link[0]:
+            return Resolution(link[0], link[1])
         return _no_contact(who)
+    return None
+
+
+async def resolve(engine: Engine, hl: HighLevelClient, location_id: str, who: Recipient, *,
+                  reresolve: bool = False, create_missing: bool = False,
+                  known: Known | None = None) -> Resolution:
+    """Find (or, when allowed, create) the HighLevel contact for one recipient.
+
+    With `known` (read for many recipients at once by `known_contacts`), links found are
+    queued on it for the caller to store; without, they are stored here."""
+    own = known is None
+    known = known or known_contacts(engine, location_id, [who])
+    try:
+        return cached(who, known, reresolve) or await ask(
+            engine, hl, known, who, create_missing=create_missing)
+    finally:
+        if own:
+            ledger.save_links(engine, location_id, known.found)
+
+
+async def ask(engine: Engine, hl: HighLevelClient, known: Known, who: Recipient, *,
+              create_missing: bool = False) -> Resolution:
+    """Ask HighLevel for the recipient's contact (by email, then phone), create it when
+    allowed, else record that there is none; the link decided is queued on `known`."""
     if who.email or who.phone:
-        found = await _look_up(engine, hl, location_id, who)
+        found = await _look_up(engine, hl, known, who)
         if found is not None:
             return found
     if create_missing and (who.email or who.phone):
-        return await _create(engine, hl, location_id, who)
-    _save_link(engine, location_id, who.key, None, MatchedBy.none)
+        return await _create(hl, known, who)
+    known.link(who, None, MatchedBy.none)
     return _no_contact(who)
 
 
-async def _look_up(engine: Engine, hl: HighLevelClient, location_id: str,
+async def _look_up(engine: Engine, hl: HighLevelClient, known: Known,
                    who: Recipient) -> Resolution | None:
     """The contact found by email, then phone; None when there is none (or only the gone one,
     which a lagging search index may still return)."""
     outcome = await hl.find_contact(email=who.email, phone=who.phone)
     if outcome.status == "ok":
         found = _contact_id(outcome.data)
-        with Session(engine) as s:
-            stale = found is not None and bool(_gone(s, location_id, {found}))
+        stale = found is not None and found in known.gone
+        if found is not None and not stale:
+            with engine.connect() as conn:
+                stale = bool(_gone(conn, known.location_id, {found}))
         if found and not stale:
             by = (MatchedBy.email if who.email and _matches_email(outcome.data, who.email)
                   else MatchedBy.phone)
-            _save_link(engine, location_id, who.key, found, by)
+            known.link(who, found, by)
             return Resolution(found, by)
         return None
     if outcome.status == "rejected":
@@ -183,14 +239,13 @@ async def _look_up(engine: Engine, hl: HighLevelClient, location_id: str,
                       outcome.reason, outcome.http_status)
 
 
-async def _create(engine: Engine, hl: HighLevelClient, location_id: str,
-                  who: Recipient) -> Resolution:
+async def _create(hl: HighLevelClient, known: Known, who: Recipient) -> Resolution:
     fields = {k: v for k, v in (("firstName", who.first_name), ("lastName", who.last_name),
                                 ("email", who.email), ("phone", who.phone)) if v}
     outcome = await hl.upsert_contact(fields)
     created = outcome.remote_id if outcome.status == "ok" else None
     if created:
-        _save_link(engine, location_id, who.key, created, MatchedBy.created)
+        known.link(who, created, MatchedBy.created)
         return Resolution(created, MatchedBy.created)
     if outcome.status == "rejected":
         return Resolution(None, MatchedBy.none, Resolved.rejected, Reason.create_refused,
