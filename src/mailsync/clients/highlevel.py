@@ -23,7 +23,14 @@ from mailsync.clients.auth import (
     TokenRefreshError,
     location_label,
 )
-from mailsync.clients.http import DEFAULT_TIMEOUT, ApiClient, CallStatus, Outcome, Sleep
+from mailsync.clients.http import (
+    DEFAULT_CONNECTIONS,
+    DEFAULT_TIMEOUT,
+    ApiClient,
+    CallStatus,
+    Outcome,
+    Sleep,
+)
 from mailsync.clients.messages import describe_status
 from mailsync.clients.ratelimit import RateLimitSnapshot, WindowPacer, highlevel_pacer
 from mailsync.redact import Secret, redact
@@ -89,7 +96,7 @@ class HighLevelClient(ApiClient):
     `auth` is a `StaticTokenAuth`/`OAuthTokenAuth`, or a plain token (Private Integration
     Token). Writes are refused with outcome `deferred` once the day's remaining requests
     fall to `daily_reserve`. `location_name` (the configured name) is how messages name the
-    location, beside its id.
+    location, beside its id. `connections` bounds the pool: as many as callers send at once.
     """
 
     service = "HighLevel"
@@ -109,6 +116,7 @@ class HighLevelClient(ApiClient):
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         location_name: str | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
         if not location_id:
             raise ValueError("location_id is required")
@@ -124,6 +132,7 @@ class HighLevelClient(ApiClient):
             headers={"Version": API_VERSION},
             pacer=self.pacer,
             daily_reserve=daily_reserve,
+            connections=connections,
         )
         self.location_id = location_id
         self.location_name = location_name

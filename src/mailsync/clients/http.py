@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ipaddress
+import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +41,18 @@ log = get_logger("mailsync.http")
 
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 """Connect 5 s; read, write and pool 15 s."""
+DEFAULT_CONNECTIONS = 8
+"""Connections a client keeps open: as many as its callers send at once (an apply sends at
+most 8 per location). httpx's default pool grows to 100 and scans every pooled connection
+on each request (bench/RESULTS.md, section 3)."""
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings every client shares (httpx's defaults, environment included), built
+    once per process: loading the CA bundle costs tens of milliseconds per client otherwise,
+    and a run makes a client per campaign and per location."""
+    return httpx.create_ssl_context(trust_env=True)
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -260,6 +275,7 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
         pacer: Pacer | None = None,
         daily_reserve: int = 0,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
         check_base_url(base_url)
         if max_attempts < 1:
@@ -281,6 +297,9 @@ class ApiClient:
             timeout=timeout,
             headers={"Accept": "application/json", **(headers or {})},
             follow_redirects=False,
+            verify=tls_context(),
+            limits=httpx.Limits(max_connections=connections,
+                                max_keepalive_connections=connections),
         )
 
     def __repr__(self) -> str:
@@ -378,8 +397,9 @@ class ApiClient:
         attempt = Attempt(result, tally.sent)
         if isinstance(result, httpx.Response):
             self.pacer.observe(result.headers)
-        log.debug("%s %s: %s (attempt %d)", call.method, call.path,
-                  attempt.http_status or self._problem(attempt), attempt.number)
+        if log.isEnabledFor(logging.DEBUG):  # the arguments cost more than the check
+            log.debug("%s %s: %s (attempt %d)", call.method, call.path,
+                      attempt.http_status or self._problem(attempt), attempt.number)
         return attempt
 
     async def _handle_unauthorized(self, attempt: Attempt, tally: _Tally) -> None:

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from mailsync.clients.auth import OAuthTokenAuth, StaticTokenAuth
 from mailsync.clients.highlevel import HighLevelClient
+from mailsync.clients.http import DEFAULT_CONNECTIONS
 from mailsync.clients.postalytics import PostalyticsClient
 from mailsync.clients.ratelimit import postalytics_limiter
 from mailsync.config import ConfigError, SecretRef, SecretResolver, Settings, env_resolver
@@ -58,8 +59,10 @@ class SyncContext:
         return PostalyticsClient(pa.base_url, key, account_name=pa.account,
                                  transport=self.postalytics_transport, **extra)  # type: ignore[arg-type]
 
-    def highlevel(self, location_id: str) -> HighLevelClient:
-        """A HighLevel client for one location, with its token or OAuth refresh."""
+    def highlevel(self, location_id: str,
+                  connections: int = DEFAULT_CONNECTIONS) -> HighLevelClient:
+        """A HighLevel client for one location, with its token or OAuth refresh; its pool
+        holds `connections` (as many as its callers send at once)."""
         loc = self.settings.location(location_id)
         auth: StaticTokenAuth | OAuthTokenAuth
         if loc.oauth is not None:
@@ -83,4 +86,5 @@ class SyncContext:
         return HighLevelClient(self.settings.highlevel.base_url, location_id, auth,
                                transport=self.highlevel_transport,
                                daily_reserve=self.settings.highlevel.daily_reserve,
-                               location_name=loc.name, **extra)  # type: ignore[arg-type]
+                               location_name=loc.name, connections=connections,
+                               **extra)  # type: ignore[arg-type]
