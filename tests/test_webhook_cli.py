@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,9 +27,20 @@ location = "loc-1"
 """
 
 
-def mailsync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mailsync", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
+class Ran:
+    """A command's exit code and what it printed (in this process: quick)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def mailsync(*args: str, env: dict[str, str] | None = None) -> Ran:
+    from typer.testing import CliRunner
+
+    from mailsync.cli.main import app
+
+    result = CliRunner().invoke(app, list(args), env=env)
+    return Ran(result.exit_code, result.stdout, result.stderr)
 
 
 def config(tmp_path: Path, webhooks: str = "") -> Path:
