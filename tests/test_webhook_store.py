@@ -132,8 +132,10 @@ def test_a_person_the_store_cannot_identify_waits_for_the_poll(db_url):
     assert (waited.recipient_key, waited.email) == ("d:88123", "ada@example.com")
     notes = ledger(engine, "note")
     assert len(notes) == 2 and {n.recipient_key for n in notes} == {"d:88123"}
-    # The note is planned after the poll named the person: no URL (the webhook has none).
     assert {n.event_key for n in notes} == {"e:40211:ev1", row.key}
+    # Planned once the poll named the person, with what only the poll carries: the URL.
+    [visit_note] = [n for n in notes if n.event_key == row.key]
+    assert "Visited: https://purl.example/ada" in (visit_note.body or "")
 
     # From now on the person is known: their next webhook is written straight away, as the
     # same recipient (one set of tags and one contact link).

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from mailsync.config import CampaignConfig
@@ -124,9 +124,15 @@ def sort_polled(session: Session, items: Sequence[tuple[object, MailEvent]]) -> 
         if (twin is not None and twin.source == EventSource.webhook and twin.poll_key is None
                 and twin.key not in claimed):
             claimed.add(twin.key)
+            # What only the events endpoint says (the visited URL, the expected delivery)
+            # fills the webhook's row: a note not planned yet (its person waits) gets it.
             session.execute(update(MailEvent).where(col(MailEvent.key) == twin.key)
                             .where(col(MailEvent.poll_key).is_(None))
-                            .values(poll_key=event.key))
+                            .values(poll_key=event.key,
+                                    url=func.coalesce(col(MailEvent.url), event.url),
+                                    expected_delivery=func.coalesce(
+                                        col(MailEvent.expected_delivery),
+                                        event.expected_delivery)))
             out.absorbed.append(event)
             continue
         if twin is not None or (event.match_key and event.match_key in claimed):
