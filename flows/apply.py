@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from prefect import flow, unmapped
 from pydantic import Field
 
-from flows._common import collect, task_runner
+from flows._common import RunFailed, collect, task_runner
 from mailsync.store.runs import Scope
 from tasks.sync import apply_location
 
@@ -22,7 +22,7 @@ from tasks.sync import apply_location
       description="Write the planned rows of the given HighLevel locations now.")
 def apply_locations(
     locations: Annotated[list[str], Field(min_length=1)],
-    config_path: str | None = None,
+    config_path: str = "",
     lease_wait_seconds: Annotated[float, Field(ge=0)] = 60.0,
 ) -> dict[str, Any]:
     """One task per location applies its open ledger rows (all campaigns).
@@ -34,6 +34,7 @@ def apply_locations(
             scheduled sync, or the apply of an earlier event) before leaving its rows to
             the next run.
     """
+    config_path = config_path or None  # the UI's form sends "" for "not set"
     wanted = sorted(set(locations))
     applies = apply_location.map(unmapped(config_path), wanted,
                                  lease_wait_seconds=lease_wait_seconds)
@@ -42,5 +43,5 @@ def apply_locations(
                          for r in applied},
            "errors": [str(e) for e in errors]}
     if errors:
-        raise RuntimeError(f"{len(errors)} location(s) failed: " + "; ".join(out["errors"]))
+        raise RunFailed(errors)
     return out
