@@ -88,24 +88,24 @@ def _location_lines(summary: RunSummary, names: ReportNames) -> list[str]:
 
 
 def run_markdown(summary: RunSummary, report: Report) -> str:
-    """The run's summary as markdown: what to do first, campaigns fetched, writes per
-    location, the problems it touched grouped by recipient, and its errors."""
+    """The run's summary as markdown: its totals and errors, what to do first and the
+    problems it touched grouped by recipient, then campaigns fetched and writes per
+    location. Outside values are escaped."""
     names = report.names
     title = f"# mailsync {summary.kind} {md_text(summary.run_id)}"
     lines = [title + (" (dry run: nothing written)" if summary.dry_run else ""), ""]
-    lines += _campaign_lines(summary, names) + _location_lines(summary, names)
     totals = summary.outcome_totals()
-    groups = report.problem_groups
-    lines += ["## Totals", "", f"- writes done: {totals.get('done', 0)}",
+    lines += [f"- writes done: {totals.get('done', 0)}",
               f"- problem writes this run touched: {len(report.problems)}, for "
               f"{report.totals()['problem_recipients']} recipient(s) (table "
               f"`mailsync-{summary.kind}-problems`, every write in "
               f"`mailsync-{summary.kind}-problem-writes`)", ""]
     if summary.errors:
         lines += ["## Errors", ""] + [f"- {md_text(e)}" for e in summary.errors] + [""]
-    if not groups.empty:
+    if not report.problem_groups.empty:
         # The same "do this first" and grouped rows as the reconciliation report.
-        lines += problems_markdown(report)
+        lines += [*problems_markdown(report)[1:], ""]
+    lines += _campaign_lines(summary, names) + _location_lines(summary, names)
     return "\n".join(lines) + "\n"
 
 

@@ -71,53 +71,81 @@ def _open(page: Any, url: str, wait_for: str, shots: Path) -> str:
     return str(page.inner_text("body"))
 
 
+def _artifacts(server: PrefectServer, flow_run_id: Any) -> dict[str, Any]:
+    with api(server):
+        return {a.key: a for a in asyncio.run(flow_run_artifacts(flow_run_id)) if a.key}
+
+
+def _rows(artifact: Any) -> list[dict[str, Any]]:
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
 def test_flow_run_and_artifact_pages_show_names_and_grouped_rows(
         prefect_server: PrefectServer, deployed: dict[str, Any],  # noqa: F811
         tmp_path: Path) -> None:
-    drop = _rename_first_campaign(deployed["config"])
     fr = run(prefect_server, "sync-campaigns/mailsync-sync", {"max_pages": 50})
     assert fr.state.is_completed(), str(fr.state)
-    with api(prefect_server):
-        arts = {a.key: a for a in asyncio.run(flow_run_artifacts(fr.id)) if a.key}
-        form_id = asyncio.run(_deployment_id("replay/mailsync-replay"))
-    problems = arts["mailsync-sync-problems"]
-    summary = arts["mailsync-sync-summary"]
+    arts = _artifacts(prefect_server, fr.id)
+    problems, summary = arts["mailsync-sync-problems"], arts["mailsync-sync-summary"]
     assert problems.task_run_id is None and summary.task_run_id is None  # the flow run's
-    groups = json.loads(problems.data) if isinstance(problems.data, str) else problems.data
-    sb = deployed["sb"]
-    missing = {f"{r['first_name']} {r['last_name']}" for r in sb.recipients()
+    groups = _rows(problems)
+    missing = {f"{r['first_name']} {r['last_name']}" for r in deployed["sb"].recipients()
                if r["hl_contact_id"] is None}
-    assert {g["recipient"] for g in groups} <= missing and groups
+    assert groups and {g["recipient"] for g in groups} <= missing
 
+    form_id = asyncio.run(_deployment_id_at(prefect_server, "replay/mailsync-replay"))
     ui = prefect_server.url.removesuffix("/api")
     shots = shot_dir(tmp_path)
-    with browser_page(1400, 1000) as page:
-        text = _open(page, f"{ui}/runs/flow-run/{fr.id}", fr.name, shots)
-        page.screenshot(path=str(shots / "prefect-flow-run.png"))
+    with browser_page(1400, 1000) as page:  # (it runs an event loop: no asyncio.run inside)
+        _open(page, f"{ui}/runs/flow-run/{fr.id}", fr.name, shots)
         page.get_by_text("Artifacts", exact=True).first.click()
         page.get_by_text("mailsync-sync-problems").first.wait_for(timeout=30_000)
         page.wait_for_timeout(500)
         page.screenshot(path=str(shots / "prefect-flow-run-artifacts.png"))
-        assert "mailsync-sync-summary" in page.inner_text("body")
+        text = page.inner_text("body")
+        # Filed under the flow run, not under a task run.
+        section = text[text.index("\nFlow run\n"):]
+        section = section[:section.index("\nTask runs\n")]
+        assert "mailsync-sync-problems" in section and "mailsync-sync-summary" in section
 
         text = _open(page, f"{ui}/artifacts/artifact/{problems.id}", "codes affected", shots)
-        page.screenshot(path=str(shots / "prefect-problems-table.png"), full_page=True)
+        page.screenshot(path=str(shots / "prefect-problems-table.png"))
         first = groups[0]
         assert first["recipient"] in text and first["location"] in text
-        assert "Sandbox Location" in text and "no_contact" in text
+        assert "Sandbox Location" in text and "no_contact" in text and "what to do" in text
         assert fr.name in text  # the artifact names its flow run, not "None"
-        # The UI renders table cells as markdown: the markup in a name stays characters.
-        assert MARKUP in text, text[:2000]
-        assert page.locator("a[href^='javascript']").count() == 0
 
         text = _open(page, f"{ui}/artifacts/artifact/{summary.id}", "Do this first", shots)
         page.screenshot(path=str(shots / "prefect-summary.png"), full_page=True)
-        # The campaign name's markup is shown as typed: no bold, no link, no code span.
-        assert MARKUP in text, text[:2000]
-        assert page.locator("a[href^='javascript']").count() == 0
-        assert page.locator("b", has_text="US").count() == 0
-        assert drop in text and "Sandbox Location" in text
+        assert "Sandbox Location" in text and "Problems by recipient" in text
 
         text = _open(page, f"{ui}/deployments/deployment/{form_id}/run", "statuses", shots)
         page.screenshot(path=str(shots / "prefect-custom-run.png"), full_page=True)
         assert "Property is type" not in text
+
+
+async def _deployment_id_at(server: PrefectServer, name: str) -> Any:
+    with api(server):
+        return await _deployment_id(name)
+
+
+def test_markup_in_a_campaign_name_stays_text_in_the_ui(
+        prefect_server: PrefectServer, deployed: dict[str, Any],  # noqa: F811
+        tmp_path: Path) -> None:
+    drop = _rename_first_campaign(deployed["config"])
+    # A sync first (the ledger must have problems to show), then the daily report.
+    assert run(prefect_server, "sync-campaigns/mailsync-sync", {}).state.is_completed()
+    fr = run(prefect_server, "reconcile/mailsync-reconcile", {})
+    assert fr.state.is_completed(), str(fr.state)
+    arts = _artifacts(prefect_server, fr.id)
+    ui = prefect_server.url.removesuffix("/api")
+    shots = shot_dir(tmp_path)
+    with browser_page(1400, 1000) as page:
+        for key, wait_for in (("mailsync-reconcile-problems", "codes affected"),
+                              ("mailsync-reconcile-summary", "Do this first")):
+            text = _open(page, f"{ui}/artifacts/artifact/{arts[key].id}", wait_for, shots)
+            # The UI renders markdown (table cells too): the name's markup stays characters.
+            assert MARKUP in text, (key, text[:2000])
+            assert page.locator("a[href^='javascript']").count() == 0, key
+            assert page.locator("b", has_text="US").count() == 0, key
+        assert drop in text

@@ -191,3 +191,19 @@ def test_a_bad_timezone_is_one_line_naming_the_key(tmp_path: Path) -> None:
     path.write_text('timezone = "Europe/Paris"\n')
     assert load_settings(path, environ={}).timezone == "Europe/Paris"
     assert Settings().timezone == "UTC"
+
+
+def test_run_summary_artifact_escapes_errors_and_names(engine: Engine) -> None:
+    from mailsync.store.runs import ErrorKind, RunError, Scope
+    from mailsync.sync.fetch import CampaignResult
+    from mailsync.sync.runner import RunSummary
+    from tasks.report import run_markdown
+
+    report = build_report(engine, settings=_settings(), now=NOW)
+    summary = RunSummary("run-1", "sync", campaigns=[CampaignResult(DROP, fetched=3)],
+                         errors=[RunError(Scope.location, LOC, ErrorKind.remote,
+                                          f"HighLevel said {SCRIPT} {LINK}")])
+    md = run_markdown(summary, report)
+    _no_markup(_rendered(md))
+    # What to do comes first, before the counts.
+    assert md.index("## Do this first") < md.index("## Campaigns")

@@ -30,7 +30,6 @@ from mailsync.cli.options import (
 )
 from mailsync.config import ConfigError
 from mailsync.report.build import build_report
-from mailsync.report.columns import STATUSES
 from mailsync.report.model import Report
 from mailsync.report.render import write_report_files
 from mailsync.report.verify import VerifyResult, unstored_events, verify
@@ -52,16 +51,17 @@ def _e(value: Any) -> str:
 
 
 def _counts_table(report: Report) -> Table:
+    # Five columns fit an 80-column terminal; every status is in the files.
     table = Table(title="writes per campaign and location")
-    table.add_column("campaign / location")
+    table.add_column("campaign / location", overflow="fold")
     table.add_column("events\nseen/new/quar.", justify="right")
-    for c in ("planned", *STATUSES, "problems"):
+    for c in ("planned", "done", "problems"):
         table.add_column(c, justify="right")
     configured, apart = report.configured_summary()
     for rec in [*configured.to_dict("records"), *apart.to_dict("records")]:
         table.add_row(f"{_e(rec['campaign'])} ({_e(rec['drop_id'])})\n{_e(rec['location'])}",
                       f"{rec['events_seen']}/{rec['events_new']}/{rec['quarantined']}",
-                      *(str(rec[c]) for c in ("planned", *STATUSES, "problems")))
+                      *(str(rec[c]) for c in ("planned", "done", "problems")))
     return table
 
 
@@ -78,14 +78,16 @@ def _steps_table(report: Report) -> Table:
 def _groups_table(report: Report, limit: int) -> Table:
     total = int(report.problem_groups["writes"].sum())
     rows = Table(title=f"problems by recipient ({len(report.problem_groups)} recipients and "
-                       f"causes, {total} writes)")
-    for c in ("#", "campaign", "recipient", "codes", "writes", "since", "problem", "reason"):
+                       f"causes, {total} writes)",
+                 caption="fix: the line of \"do this first\" that unblocks the row; each "
+                         "row's reason is in problems.csv")
+    for c in ("#", "recipient", "campaign", "codes", "writes", "since", "fix"):
         rows.add_column(c, overflow="fold")
     for rec in report.problem_groups.head(limit).to_dict("records"):
         who = _e(rec["recipient"]) + (f"\n{_e(rec['email'])}" if rec["email"] else "")
         since = "" if _blank(rec["since"]) else f"{rec['since']:%Y-%m-%d %H:%M}"
-        rows.add_row(str(rec["group"]), _e(rec["campaign"]), who, _e(rec["codes"]),
-                     str(rec["writes"]), since, rec["problem"], _e(rec["reason"]))
+        rows.add_row(str(rec["group"]), who, _e(rec["campaign"]), _e(rec["codes"]),
+                     str(rec["writes"]), since, f"{rec['step']} {rec['problem']}")
     return rows
 
 
