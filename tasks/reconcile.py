@@ -8,11 +8,14 @@ from datetime import datetime
 
 from prefect import get_run_logger, task
 
+from mailsync.redact import redact
 from mailsync.report import verify as lib
 from mailsync.report.build import build_report
 from mailsync.report.model import DriftFinding
+from mailsync.report.names import postalytics_names
 from mailsync.report.render import markdown_summary
 from mailsync.report.safe import md_text
+from mailsync.sync.context import SyncContext
 from tasks.artifacts import MarkdownArtifact, RunArtifacts
 from tasks.context import build_context
 from tasks.report import problem_tables
@@ -46,6 +49,19 @@ def verify_location(config_path: str | None, location_id: str, since: datetime |
     return result
 
 
+async def _postalytics_names(ctx: SyncContext) -> dict[str, str]:
+    """Postalytics' names of the campaigns the config leaves unnamed (none: no request)."""
+    unnamed = [c.drop_id for c in ctx.settings.campaigns if not c.name]
+    if not unnamed:
+        return {}
+    try:
+        async with ctx.postalytics() as pa:
+            return await postalytics_names(pa, unnamed)
+    except Exception as exc:  # a name is a convenience: never fail the report over one
+        get_run_logger().warning("campaign names not read from Postalytics: %s", redact(exc))
+        return {}
+
+
 def _verify_markdown(verified: Sequence[lib.VerifyResult], drift: int) -> str:
     checked = sum(v.contacts_checked for v in verified)
     errors = [e for v in verified for e in v.errors]
@@ -61,7 +77,8 @@ def report(config_path: str | None, since: datetime | None = None,
     publishes them, so they are the flow run's)."""
     ctx = build_context(config_path)
     drift: list[DriftFinding] = [d for v in verified for d in v.drift]
-    rep = build_report(ctx.engine, since=since, drift=drift, settings=ctx.settings)
+    rep = build_report(ctx.engine, since=since, drift=drift, settings=ctx.settings,
+                       postalytics_names=asyncio.run(_postalytics_names(ctx)))
     markdown = markdown_summary(rep)
     if verified:
         markdown += _verify_markdown(verified, len(drift))

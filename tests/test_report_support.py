@@ -196,3 +196,38 @@ def test_pending_deadline_still_counts_from_planning(tmp_path: Path) -> None:
                            settings=r.settings.model_copy(update={"timezone": "Asia/Tokyo"}))
         assert utc.problem_counts() == far.problem_counts()
         assert far.generated_at.utcoffset() == timedelta(hours=9)
+
+
+def test_campaigns_the_config_leaves_unnamed_take_postalytics_names(tmp_path: Path) -> None:
+    from mailsync.config import CampaignConfig, LocationConfig, Settings
+    from mailsync.report.names import postalytics_names
+    from tests.test_report import CA, LOC_A, LOC_B, NOW, US, make_store
+
+    class Postalytics:
+        async def list_campaigns(self) -> list[dict[str, Any]]:
+            return [{"drop_id": int(US), "name": "Spring postcard, Boston"},
+                    {"drop_id": 1, "name": "not ours"}]
+
+    class Down:
+        async def list_campaigns(self) -> list[dict[str, Any]]:
+            raise RuntimeError("Postalytics is down")
+
+    assert asyncio.run(postalytics_names(Postalytics(), [US])) == {
+        US: "Spring postcard, Boston"}
+    assert asyncio.run(postalytics_names(Down(), [US])) == {}
+    settings = Settings(
+        locations=(LocationConfig(id=LOC_A, name="Boston office", token_env="A"),
+                   LocationConfig(id=LOC_B, token_env="B")),
+        campaigns=(CampaignConfig(drop_id=US, location=LOC_A),
+                   CampaignConfig(drop_id=CA, location=LOC_B, country="CA", name="Toronto")))
+    engine = make_store(f"sqlite:///{tmp_path / 'n.db'}")
+    report = build_report(engine, settings=settings, now=NOW,
+                          postalytics_names={US: "Spring postcard, Boston"})
+    names = report.summary.set_index("drop_id")
+    assert names.loc[US, "campaign"] == "Spring postcard, Boston"  # Postalytics' name
+    assert names.loc[CA, "campaign"] == "Toronto"  # the config's name wins
+    assert names.loc[US, "location"] == "Boston office"
+    assert names.loc[CA, "location"] == LOC_B  # no name configured: the id
+    # Without a config: the store's names, every campaign shown, nothing labelled apart.
+    bare = build_report(engine, now=NOW).summary.set_index("drop_id")
+    assert bare.loc[US, "campaign"] == "Fall US Postcard" and bare["configured"].isna().all()

@@ -9,13 +9,20 @@ name in every later report. Without a config the report still works, on the stor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from mailsync.config import Settings
+from mailsync.redact import redact
 from mailsync.store.models import Campaign
+
+log = logging.getLogger("mailsync.report")
+_DROP_KEYS = ("drop_id", "DropId", "dropId", "DirectMailDropId", "id")
+_NAME_KEYS = ("name", "Name", "DirectMailName")
 
 UNCONFIGURED = "no longer configured"
 """How a campaign that is in the store but not in the config is labelled."""
@@ -73,3 +80,28 @@ class ReportNames:
             return None
         aware = when.replace(tzinfo=UTC) if when.tzinfo is None else when
         return aware.astimezone(self.zone)
+
+
+class CampaignLister(Protocol):
+    """What `postalytics_names` needs of a Postalytics client."""
+
+    async def list_campaigns(self) -> list[dict[str, Any]]: ...
+
+
+def _first(item: Mapping[str, Any], keys: Iterable[str]) -> str:
+    return next((str(item[k]) for k in keys if item.get(k) not in (None, "")), "")
+
+
+async def postalytics_names(client: CampaignLister, drop_ids: Iterable[str]) -> dict[str, str]:
+    """Postalytics' own names of these campaigns (one request), for those the config leaves
+    unnamed. A name is a convenience: if Postalytics cannot be read, the ids are shown."""
+    wanted = set(drop_ids)
+    if not wanted:
+        return {}
+    try:
+        items = await client.list_campaigns()
+    except Exception as exc:  # the report must not fail over a name
+        log.warning("campaign names not read from Postalytics: %s", redact(exc))
+        return {}
+    found = {_first(i, _DROP_KEYS): _first(i, _NAME_KEYS) for i in items}
+    return {d: n for d, n in found.items() if d in wanted and n}
