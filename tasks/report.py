@@ -99,7 +99,8 @@ def run_markdown(summary: RunSummary, report: Report) -> str:
               f"- problem writes this run touched: {len(report.problems)}, for "
               f"{report.totals()['problem_recipients']} recipient(s) (table "
               f"`mailsync-{summary.kind}-problems`, every write in "
-              f"`mailsync-{summary.kind}-problem-writes`)", ""]
+              f"`mailsync-{summary.kind}-problem-writes`)",
+              f"- times are in {md_text(names.zone_name)}", ""]
     if summary.errors:
         lines += ["## Errors", ""] + [f"- {md_text(e)}" for e in summary.errors] + [""]
     if not report.problem_groups.empty:
