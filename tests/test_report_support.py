@@ -20,7 +20,9 @@ from sqlmodel import Session
 
 from mailsync.codes import MAIL_CODES, EventCode
 from mailsync.report.build import build_report
+from mailsync.report.frames import records
 from mailsync.report.render import write_report_files
+from mailsync.store.engine import get_engine
 from mailsync.store.models import Campaign, MailEvent
 from mailsync.sync.runner import run_replay
 from tests.browser import browser_page, shot_dir
@@ -231,3 +233,32 @@ def test_campaigns_the_config_leaves_unnamed_take_postalytics_names(tmp_path: Pa
     # Without a config: the store's names, every campaign shown, nothing labelled apart.
     bare = build_report(engine, now=NOW).summary.set_index("drop_id")
     assert bare.loc[US, "campaign"] == "Fall US Postcard" and bare["configured"].isna().all()
+
+
+def test_quarantined_events_show_what_came_in_words_and_zone_without_personal_fields(
+        tmp_path: Path) -> None:
+    from mailsync.config import Settings
+    from mailsync.store.models import QuarantinedEvent
+    from mailsync.store.reasons import QuarantineReason
+
+    engine = get_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    payload = {"Event": "Teleported To Mars", "EventId": "0098c4", "DataId": 88010,
+               "EventDate": "2026-11-02T03:43:07Z", "FirstName": "Adele", "LastName": "Byrne",
+               "Email": "adele.byrne@example.com", "Phone": "+15555550123",
+               "Address": {"Street": "160 Harbour Rd", "City": "Austin", "Zip": "78701"}}
+    with Session(engine) as s:
+        s.add(QuarantinedEvent(fingerprint="q:1", drop_id="40211", payload=json.dumps(payload),
+                               reason="unknown event label 'Teleported To Mars'",
+                               reason_code=QuarantineReason.unknown_code))
+        s.commit()
+    report = build_report(engine, settings=Settings(timezone=ZONE))
+    q = report.quarantined.iloc[0]
+    assert (q["event"], q["event_id"], q["recipient"]) == (
+        "Teleported To Mars", "0098c4", "Postalytics id 88010")
+    assert q["event_date"] == "2026-11-01 22:43"  # Toronto time (EST from Nov 1)
+    assert q["email"] == "a***@example.com"
+    assert q["reason"] == "not a known event code: unknown event label 'Teleported To Mars'"
+    assert q["action"].startswith("if Postalytics added a new event")
+    shown = json.dumps(records(report.quarantined))
+    for personal in ("Adele", "Byrne", "5555550123", "Harbour", "Austin", "78701"):
+        assert personal not in shown, personal

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -27,6 +28,7 @@ from mailsync.store.models import QuarantinedEvent
 _SHOWN = {"event": "event", "eventtype": "event", "eventid": "event_id",
           "eventdate": "event_date", "date": "event_date", "dataid": "data_id",
           "email": "email"}
+_ISO_TIME = re.compile(r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 # A `"Key": value` pair in a payload that is not JSON any more (cut at the size cap).
 _PAIR = re.compile(r'"([A-Za-z_\-]+)"\s*:\s*("(?:[^"\\]|\\.)*"|-?[\d.]+|\[[^\]]*\])')
 
@@ -64,6 +66,18 @@ def event_fields(payload: str) -> dict[str, str]:
     return found
 
 
+def _event_date(text: str, names: ReportNames) -> str:
+    """A payload's date in the operator's zone when it reads as ISO 8601, else as sent."""
+    if not _ISO_TIME.match(text):  # e.g. 20261102: shown as it came, not made a time
+        return outside(text)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return outside(text)
+    local = names.local(when)
+    return f"{local:%Y-%m-%d %H:%M}" if local is not None else outside(text)
+
+
 def _record(e: QuarantinedEvent, names: ReportNames) -> dict[str, Any]:
     fields = event_fields(e.payload)
     code, reason, action = quarantine_verdict(e.reason_code, redact(e.reason))
@@ -72,7 +86,7 @@ def _record(e: QuarantinedEvent, names: ReportNames) -> dict[str, Any]:
             "first_seen": e.first_seen, "problem": code,
             "reason": outside(mask_emails_in(reason), MAX_REASON), "action": action,
             "event": outside(fields.get("event", "")), "event_id": outside(fields.get(
-                "event_id", "")), "event_date": outside(fields.get("event_date", "")),
+                "event_id", "")), "event_date": _event_date(fields.get("event_date", ""), names),
             "recipient": f"Postalytics id {outside(data_id)}" if data_id else "",
             "email": outside(mask_email(fields.get("email"))),
             "fingerprint": e.fingerprint, "run_id": e.run_id or ""}
