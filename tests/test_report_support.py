@@ -63,6 +63,21 @@ def _add_mistaken_campaign(r: Rig) -> str:
     return str(real.name)
 
 
+def _assert_cumulative(report: Any, truth: dict[str, Any]) -> None:
+    """The journey is cumulative: a piece counts at every step up to its furthest scan."""
+    for drop, t in truth.items():
+        rows = report.funnel[(report.funnel["drop_id"] == drop)
+                             & (report.funnel["stage"] == "journey")]
+        reached = rows.set_index("code")["recipients"].to_dict()
+        for code, n in reached.items():
+            i = MAIL_CODES.index(EventCode(code))
+            want = sum(1 for codes in t["codes"].values()
+                       if any(MAIL_CODES.index(EventCode(c)) >= i
+                              for c in codes if EventCode(c) in JOURNEY))
+            assert n == want, (drop, code)
+        assert list(rows["recipients"]) == sorted(rows["recipients"], reverse=True)
+
+
 def test_support_reads_grouped_named_true_counts_and_a_cumulative_journey(
         tmp_path: Path) -> None:
     with rig(tmp_path, seed=5, contacts=40) as r:
@@ -118,18 +133,7 @@ def test_support_reads_grouped_named_true_counts_and_a_cumulative_journey(
         assert apart["campaign"].iloc[0] == "drop 99999 (no longer configured)"
         assert mistaken_name not in set(apart["campaign"])
 
-        # The journey is cumulative: a piece counts at every step up to its furthest scan.
-        for drop, t in truth.items():
-            rows = report.funnel[(report.funnel["drop_id"] == drop)
-                                 & (report.funnel["stage"] == "journey")]
-            reached = rows.set_index("code")["recipients"].to_dict()
-            for code, n in reached.items():
-                i = MAIL_CODES.index(EventCode(code))
-                want = sum(1 for codes in t["codes"].values()
-                           if any(MAIL_CODES.index(EventCode(c)) >= i
-                                  for c in codes if EventCode(c) in JOURNEY))
-                assert n == want, (drop, code)
-            assert list(rows["recipients"]) == sorted(rows["recipients"], reverse=True)
+        _assert_cumulative(report, truth)
 
         # Times in the operator's zone, in every format.
         paths = write_report_files(report, tmp_path / "before")
