@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+# Fixture modules: a test asks for `sandbox` or `prefect_server` by name, importing nothing.
+pytest_plugins = ["tests.sandbox_fixtures", "tests.prefect_server"]
+
 PG_URL = os.environ.get("MAILSYNC_TEST_DATABASE_URL", "")
 REQUIRE_PG = os.environ.get("MAILSYNC_REQUIRE_POSTGRES") == "1"
 _pg_ran = 0

@@ -1,8 +1,7 @@
 """Pytest fixtures and helpers for tests that talk to the sandbox over real HTTP.
 
-Import what you use explicitly (tests/conftest.py does not load this module):
-
-    from tests.sandbox_fixtures import sandbox  # noqa: F401
+A pytest plugin (tests/conftest.py registers it): ask for the fixtures by name; import the
+helpers.
 
 Fixtures: `sandbox` (small, function-scoped, time scale 1), `fast_sandbox` (time scale 0.01),
 `messy_sandbox`. Helpers: `hl_client`, `pl_client`, `location`, `assert_conforms`.

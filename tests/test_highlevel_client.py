@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -14,54 +12,17 @@ import pytest
 
 from mailsync.clients.auth import InMemoryTokenStore, OAuthTokenAuth, TokenRefreshError
 from mailsync.clients.highlevel import API_VERSION, HighLevelAuthError, HighLevelClient
-from mailsync.clients.ratelimit import WindowPacer
 from mailsync.store.tokens import StoredToken
-from tests.test_ratelimit import VirtualTime
-
-BASE = "https://services.leadconnectorhq.com"
-LOC = "loc-test-1"
-PIT = "pit-static-token-0001"
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class Recorder:
-    """Wraps a handler and keeps every request it saw."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.handler(request)
-
-
-def make(
-    handler: Handler, ft: VirtualTime | None = None, **kw: Any
-) -> tuple[HighLevelClient, Recorder]:
-    ft = ft or VirtualTime()
-    rec = Recorder(handler)
-    kw.setdefault("auth", PIT)
-    kw.setdefault("pacer", WindowPacer(clock=ft.clock, sleep=ft.sleep))
-    client = HighLevelClient(
-        BASE, LOC, transport=httpx.MockTransport(rec), sleep=ft.sleep, rng=random.Random(1), **kw
-    )
-    return client, rec
+from tests.clock import VirtualTime
+from tests.hl_mock import LOC, PIT, Recorder, make, note_ok, sequence, tags_ok
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def tags_ok(request: httpx.Request) -> httpx.Response:
-    sent = json.loads(request.content)["tags"]
-    return httpx.Response(201, json={"tags": [t.lower() for t in sent] + ["vip"]})
 
 
-def note_ok(request: httpx.Request) -> httpx.Response:
-    body = json.loads(request.content)["body"]
-    return httpx.Response(201, json={"note": {"id": "note-1", "body": body, "contactId": "c1"}})
 
 
 # -- happy paths ----------------------------------------------------------------------------
@@ -158,19 +119,6 @@ def test_upsert_refuses_tags_and_sets_location() -> None:
 # -- faults ---------------------------------------------------------------------------------
 
 
-def sequence(*steps: Any) -> Handler:
-    """A handler answering each request with the next step (a Response, or an exception)."""
-    it = iter(steps)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        step = next(it)
-        if isinstance(step, type) and issubclass(step, Exception):
-            raise step("simulated", request=request)
-        if callable(step):
-            return step(request)
-        return step
-
-    return handler
 
 
 def test_500_then_ok_is_retried() -> None:

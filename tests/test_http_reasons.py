@@ -22,7 +22,7 @@ from mailsync.clients.postalytics import (
 )
 from mailsync.clients.ratelimit import FixedRateLimiter, WindowPacer
 from mailsync.redact import Secret
-from tests.test_highlevel_client import make, note_ok, sequence, tags_ok
+from tests.hl_mock import make, note_ok, sequence, tags_ok
 
 NGINX_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center>"
              "<h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.25.3</center>\r\n"

@@ -19,7 +19,7 @@ from mailsync.clients.postalytics import (
 )
 from mailsync.clients.ratelimit import FixedRateLimiter, postalytics_limiter
 from mailsync.redact import Secret
-from tests.test_ratelimit import VirtualTime
+from tests.clock import VirtualTime
 
 BASE = "https://api.postalytics.com/api/v1"
 KEY = "pk_live_postalytics_key_123"

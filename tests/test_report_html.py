@@ -4,70 +4,24 @@ from __future__ import annotations
 
 import re
 import shutil
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mailsync.report.build import build_report
 from mailsync.report.html import STAGE_COLOURS, render_html
-from tests.test_report import CASES, NOW, US, US_REACH, make_store
+from tests.report_store import CASES, NOW, US, US_REACH, make_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def read_png(data: bytes) -> np.ndarray:
-    """An 8-bit, non-interlaced RGB or RGBA PNG as a (height, width, 3) uint8 array.
-
-    Pillow is not a dependency: this is the few lines of PNG a screenshot needs. Sub and Up
-    rows are unfiltered with numpy; Average and Paeth depend on the left pixel, so they loop.
-    """
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    pos, idat, width, height, channels = 8, b"", 0, 0, 0
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
-            assert depth == 8 and colour in (2, 6) and interlace == 0, (depth, colour, interlace)
-            channels = 3 if colour == 2 else 4
-        elif kind == b"IDAT":
-            idat += chunk
-        elif kind == b"IEND":
-            break
-    stride = width * channels
-    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, stride + 1)
-    out = np.zeros((height, stride), dtype=np.uint8)
-    prev = np.zeros(stride, dtype=np.uint8)
-    for y in range(height):
-        ftype, line = raw[y, 0], raw[y, 1:]
-        if ftype == 0:
-            cur = line.copy()
-        elif ftype == 1:  # Sub: a running sum per channel along the row
-            cur = (np.cumsum(line.reshape(width, channels), axis=0, dtype=np.uint64) % 256
-                   ).astype(np.uint8).reshape(stride)
-        elif ftype == 2:
-            cur = line + prev  # uint8 wraps, as the filter wants
-        else:
-            cur = bytearray(line.tobytes())
-            up = prev.tobytes()
-            for i in range(stride):
-                a = cur[i - channels] if i >= channels else 0
-                b, c = up[i], up[i - channels] if i >= channels else 0
-                if ftype == 3:
-                    cur[i] = (cur[i] + (a + b) // 2) & 255
-                else:
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
-                    cur[i] = (cur[i] + pred) & 255
-            cur = np.frombuffer(bytes(cur), dtype=np.uint8)
-        out[y], prev = cur, cur
-    return out.reshape(height, width, channels)[:, :, :3]
+def read_png(path: Path) -> np.ndarray:
+    """A screenshot as a (height, width, 3) uint8 array."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def count_colour(pixels: np.ndarray, hex_colour: str, tolerance: int = 6) -> int:
@@ -112,7 +66,7 @@ def test_chart_renders_in_headless_chromium(html_file: Path, tmp_path: Path) -> 
            "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
            f"--screenshot={png}", "--window-size=1280,2000", html_file.as_uri()]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-    pixels = read_png(png.read_bytes())
+    pixels = read_png(png)
     height, width, _ = pixels.shape
     assert (width, height) == (1280, 2000)
     journey = count_colour(pixels, STAGE_COLOURS["journey"])

@@ -23,7 +23,7 @@ from mailsync.report.verify import GONE, _check_contact
 from mailsync.store.models import SyncRun, WriteIntent, WriteKind, WriteStatus
 from mailsync.store.runs import ErrorKind, RunError, Scope
 from mailsync.sync.runner import RunSummary
-from tests.test_report import LOC_A, NOW, _by_label, make_store
+from tests.report_store import LOC_A, NOW, make_store, problems_by_label
 
 LOC, CID = "loc-verify", "c1"
 
@@ -152,7 +152,7 @@ def test_a_run_whose_token_was_refused_explains_its_pending_rows(db_url: str) ->
                       counts=summary.to_json()))
         s.commit()
     report = build_report(engine, now=NOW)
-    found = _by_label(report)
+    found = problems_by_label(report)
     assert found["never"] == found["overdue"] == "token"
     assert "fresh" not in found  # planned after that run: the next run sends it
     token = next(r for r in report.problem_records() if r["problem"] == "token"

@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 
 from tests.browser import browser_page, shot_dir
-from tests.test_flows_e2e import (  # noqa: F401 (deployed is a fixture used by name)
+from tests.prefect_server import (
     PrefectServer,
     api,
-    deployed,
     flow_run_artifacts,
     run,
     start_prefect_server,
@@ -81,7 +80,7 @@ def _rows(artifact: Any) -> list[dict[str, Any]]:
 
 
 def test_flow_run_and_artifact_pages_show_names_and_grouped_rows(
-        prefect_server: PrefectServer, deployed: dict[str, Any],  # noqa: F811
+        prefect_server: PrefectServer, deployed: dict[str, Any],
         tmp_path: Path) -> None:
     fr = run(prefect_server, "sync-campaigns/mailsync-sync", {"max_pages": 50})
     assert fr.state.is_completed(), str(fr.state)
@@ -130,7 +129,7 @@ async def _deployment_id_at(server: PrefectServer, name: str) -> Any:
 
 
 def test_markup_in_a_campaign_name_stays_text_in_the_ui(
-        prefect_server: PrefectServer, deployed: dict[str, Any],  # noqa: F811
+        prefect_server: PrefectServer, deployed: dict[str, Any],
         tmp_path: Path) -> None:
     drop = _rename_first_campaign(deployed["config"])
     # A sync first (the ledger must have problems to show), then the daily report.

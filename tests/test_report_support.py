@@ -207,7 +207,7 @@ def test_pending_deadline_still_counts_from_planning(tmp_path: Path) -> None:
 def test_campaigns_the_config_leaves_unnamed_take_postalytics_names(tmp_path: Path) -> None:
     from mailsync.config import CampaignConfig, LocationConfig, Settings
     from mailsync.report.names import postalytics_names
-    from tests.test_report import CA, LOC_A, LOC_B, NOW, US, make_store
+    from tests.report_store import CA, LOC_A, LOC_B, NOW, US, make_store
 
     class Postalytics:
         async def list_campaigns(self) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 # Fixtures are imported by name (conftest does not load them), so test arguments
 # "redefine" the imported names: that is how pytest fixtures work.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -11,7 +10,12 @@ import pytest
 
 from mailsync.sandbox.faults import FaultPlan, FaultSpec, FaultSpecError
 from mailsync.sandbox.server import SandboxServer
-from tests.sandbox_fixtures import contact_of, hl_client, location, pl_client, sandbox  # noqa: F401
+from tests.sandbox_fixtures import (
+    contact_of,
+    hl_client,
+    location,
+    pl_client,
+)
 
 
 def test_spec_parses_round_trips_and_rejects_nonsense() -> None:

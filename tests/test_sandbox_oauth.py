@@ -2,7 +2,6 @@
 
 # Fixtures are imported by name (conftest does not load them), so test arguments
 # "redefine" the imported names: that is how pytest fixtures work.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -12,12 +11,11 @@ from typing import Any
 import httpx
 
 from mailsync.sandbox.server import SandboxServer
-from tests.sandbox_fixtures import (  # noqa: F401
+from tests.sandbox_fixtures import (
     assert_conforms,
     contact_of,
     hl_client,
     location,
-    sandbox,
 )
 
 

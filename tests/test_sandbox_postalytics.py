@@ -2,7 +2,6 @@
 
 # Fixtures are imported by name (conftest does not load them), so test arguments
 # "redefine" the imported names: that is how pytest fixtures work.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import pytest
 from mailsync.codes import CA_CODES, EventCode, UnknownEventLabel, parse_code
 from mailsync.sandbox.postalytics_api import CapOffset
 from mailsync.sandbox.server import SandboxServer
-from tests.sandbox_fixtures import messy_sandbox, pl_client, sandbox  # noqa: F401
+from tests.sandbox_fixtures import pl_client
 
 INVALID = {"error": {"message": "Invalid API key. User authentication failed", "status_code": 401}}
 

@@ -2,7 +2,6 @@
 
 # Fixtures are imported by name (conftest does not load them), so test arguments
 # "redefine" the imported names: that is how pytest fixtures work.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from mailsync.sandbox.limits import HighLevelLimits
 from mailsync.sandbox.openapi import validate_request
 from mailsync.sandbox.scenario import Scenario, clean_event, page_indices
 from mailsync.sandbox.server import SandboxServer
-from tests.sandbox_fixtures import contact_of, hl_client, location, sandbox  # noqa: F401
+from tests.sandbox_fixtures import hl_client, location
 
 
 def test_same_seed_same_world_whatever_the_advance_steps() -> None:

@@ -30,13 +30,12 @@ from mailsync.store.leases import lease_holder
 from mailsync.sync import runner
 from mailsync.sync.apply import Stop
 from mailsync.sync.context import SyncContext
-from tests.test_flows_e2e import (  # noqa: F401  (prefect_server is a fixture)
+from tests.prefect_server import (
     BIN,
     POOL,
     ROOT,
     PrefectServer,
     api,
-    prefect_server,
     start_worker,
     stop,
 )
@@ -63,7 +62,7 @@ def _poll_leases(url: str, stop_flag: threading.Event,
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.postgres
-def test_two_workers_share_four_locations(prefect_server: PrefectServer, pg_url: str,  # noqa: F811
+def test_two_workers_share_four_locations(prefect_server: PrefectServer, pg_url: str,
                                           tmp_path: Path) -> None:
     with SandboxServer(seed=11, contacts=160, time_scale=0.3, campaigns=4, locations=4) as sb:
         sb.advance(96)
