@@ -21,7 +21,7 @@ from mailsync.store.models import MailEvent, WriteStatus
 from mailsync.store.ops import insert_ignore
 from mailsync.sync.apply import ApplyOptions, ApplyResult, apply_location
 from mailsync.sync.plan import plan_writes
-from tests.test_apply_guarantees import CAMPAIGN, LOC, T0, FakeHighLevel, client, rows
+from tests.fake_highlevel import CAMPAIGN, LOC, T0, FakeHighLevel, client, rows
 
 
 @pytest.fixture
