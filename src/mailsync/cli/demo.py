@@ -121,7 +121,8 @@ class DemoResult:
     end: EndState
     report_files: list[Path]
     stats: dict[str, Any]
-    problems: list[tuple[str, int, str]]
+    problems: list[tuple[str, int, int]]
+    """The report's "do this first" steps: (action, recipients, writes it unblocks)."""
     """(problem kind, rows, action for support) from the reconciliation report."""
 
 
@@ -162,19 +163,17 @@ def run_demo(out_dir: Path, *, rounds: int = 6, hours_per_round: float = 24.0,
         stats = sb.stats()
     rep = build_report(ctx.engine, settings=settings)
     files = write_report_files(rep, out_dir)
-    problems = []
-    if len(rep.problems):
-        for kind, group in rep.problems.groupby("problem", sort=False):
-            problems.append((str(kind), len(group), str(group["action"].iloc[0])))
-    return DemoResult(summaries, end, files, stats, problems)
+    steps = [(f"{s['location']}: {s['action']}", int(s["recipients"]), int(s["writes"]))
+             for s in rep.first_steps().to_dict("records")]
+    return DemoResult(summaries, end, files, stats, steps)
 
 
 def _print_round(i: int, summary: RunSummary) -> None:
     totals = summary.outcome_totals()
     new = sum(c.new_events for c in summary.campaigns)
     q = sum(c.quarantined for c in summary.campaigns)
-    console.print(literal(f"  synced: {new} new events ({q} quarantined); writes "
-                          + ", ".join(f"{v} {k}" for k, v in sorted(totals.items()))
+    writes = ", ".join(f"{v} {k}" for k, v in sorted(totals.items()) if v) or "none"
+    console.print(literal(f"  synced: {new} new events ({q} quarantined); writes: {writes}"
                           + (f"; errors: {'; '.join(map(str, summary.errors))}"
                              if summary.errors else "")))
 
@@ -195,8 +194,10 @@ def demo_cmd(
     console.print(f"HighLevel saw {hl.get('requests', 0)} requests, "
                   f"{hl.get('rate_limited', 0)} over its rate limit, faults injected: "
                   f"{hl.get('faults', {})}.")
-    for kind, count, action in result.problems:
-        console.print(literal(f"  {count} problem write(s), {kind}: {action}"))
+    if result.problems:
+        console.print("Do this first (the report groups every problem by recipient):")
+    for action, recipients, writes in result.problems:
+        console.print(literal(f"  {action} ({recipients} recipient(s), {writes} write(s))"))
     for path in result.report_files:
         console.print(literal(f"Report: {path}"))
     if result.end.exact:
