@@ -123,3 +123,24 @@ def test_webhooks_to_a_wrong_key_are_refused_and_the_poll_writes_every_event(tmp
             assert s.exec(select(MailEvent)).first() is None
         w.rig.sync()
         assert w.rig.end().exact
+
+
+def test_namesakes_in_one_zip_each_get_their_own_writes(tmp_path):
+    with webhook_rig(tmp_path, seed=5, contacts=45) as w:
+        people = w.sb.sandbox.scenario.recipients
+        drop = people[0].drop_id
+        found = [p for p in people if p.drop_id == drop and p.match in ("email", "phone")]
+        a, b = found[0], found[1]
+        # Same name, same address: only their pieces (and the poll's DataId) tell them apart.
+        b.first_name, b.last_name, b.address = a.first_name, a.last_name, dict(a.address)
+        w.sb.set_webhooks({d: w.url(d) for d in w.drops()}, reorder=True)
+        for step in range(6):
+            w.sb.advance(12)
+            w.sb.wait_webhooks()
+            w.wait_applied()
+            if step % 2 == 1:
+                w.rig.sync()
+        w.rig.sync()
+        end = w.rig.end()
+        assert end.exact, end.describe()
+        assert not end.extra_notes and not end.extra_tags

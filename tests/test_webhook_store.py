@@ -35,8 +35,9 @@ def rest(event_id: str, code: str, at: datetime, who: dict = ADA, url: str | Non
             "VarFields": {"var_field_1": who["carried"]}, "Metadata": {"Url": url}}
 
 
-def webhook(code_type: int, at: datetime, who: dict = ADA, attempt: int = 0) -> dict:
-    return {"mailId": "mp_1", "eventDate": at.isoformat(), "expectedDeliveryDate": "",
+def webhook(code_type: int, at: datetime, who: dict = ADA, attempt: int = 0,
+            piece: str = "mp_1") -> dict:
+    return {"mailId": piece, "eventDate": at.isoformat(), "expectedDeliveryDate": "",
             "eventType": code_type, "status": 0, "statusDescription": "",
             "retryAttempts": attempt,
             "To": {"name": f"{who['FirstName']} {who['LastName']}", "address": "1 Main St",
@@ -143,6 +144,32 @@ def test_a_person_the_store_cannot_identify_waits_for_the_poll(db_url):
     assert (nxt.arrival, nxt.planned) == (Arrival.stored, 3)  # untag, tag, note: a retrigger
     newest = events(engine)[-1]
     assert newest.recipient_key == "d:88123" and newest.key == nxt.event_key
+
+
+def test_two_people_of_one_name_in_one_zip_are_never_taken_for_each_other(db_url):
+    engine = get_engine(db_url)
+    other = {**ADA, "DataId": 99001, "Email": "ada.other@example.com"}
+    feed = Feed()
+    feed.events.append(rest("a1", "Mailed", T0, ADA))
+    poll(engine, feed)
+    # The other Ada's webhook (her own piece) looks like Ada's by name and zip: it must not
+    # be written to Ada's contact. Nothing else names her yet: she waits for the poll.
+    later = T0 + timedelta(hours=1)
+    got = push(engine, webhook(11, later, other, piece="mp_other"))
+    assert (got.arrival, got.planned) == (Arrival.awaiting_poll, 0)
+    feed.events.append(rest("b1", "Mailed", later, other))
+    assert poll(engine, feed).webhook_first == 1
+    rows = {e.key: e for e in events(engine)}
+    assert rows[got.event_key].recipient_key == "d:99001"
+    assert rows[got.event_key].email == "ada.other@example.com"
+    notes = {n.event_key: n.recipient_key for n in ledger(engine, "note")}
+    assert notes == {"e:40211:a1": "d:88123", got.event_key: "d:99001"}
+    # Her next webhook is hers at once, by its piece; Ada's piece stays Ada's.
+    again = push(engine, webhook(4, later + timedelta(hours=5), other, piece="mp_other"))
+    assert again.arrival == Arrival.stored
+    assert {e.key: e for e in events(engine)}[again.event_key].recipient_key == "d:99001"
+    ada = push(engine, webhook(4, later + timedelta(hours=6), piece="mp_ada"))
+    assert ada.arrival == Arrival.awaiting_poll  # a piece never seen: not Ada by her name
 
 
 def test_two_visits_in_one_second_are_two_events_whichever_came_first(db_url):

@@ -114,6 +114,7 @@ class MailEvent(SQLModel, table=True):
         Index("uq_mail_events_match", "match_key", unique=True),
         Index("uq_mail_events_poll_key", "poll_key", unique=True),
         Index("ix_mail_events_drop_person", "drop_id", "person_key"),
+        Index("ix_mail_events_drop_piece", "drop_id", "piece_id"),
     )
 
     key: str = Field(primary_key=True, max_length=80)
@@ -143,6 +144,10 @@ class MailEvent(SQLModel, table=True):
     poll_key: str | None = Field(default=None, max_length=80)
     """On a webhook event the poll has read since: the key the events endpoint knows it by
     (`e:<drop>:<EventId>`), so the poll recognises it as stored."""
+    piece_id: str | None = Field(default=None, max_length=64)
+    """The webhook's `mailId`: the mail piece, so one recipient within a campaign. The
+    events endpoint does not send it: a webhook's row, or a polled row a webhook matched,
+    has it, and later webhooks of the piece are that recipient's."""
 
 
 class QuarantinedEvent(SQLModel, table=True):

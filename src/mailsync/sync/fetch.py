@@ -37,7 +37,7 @@ from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, WriteIn
 from mailsync.store.ops import insert_ignore, write_isolating
 from mailsync.store.reasons import QuarantineReason
 from mailsync.sync import failpoints
-from mailsync.sync.match import identify_waiting, read_before, sort_polled
+from mailsync.sync.match import PollMatch, identify_waiting, read_before, sort_polled
 from mailsync.sync.normalise import fingerprint, normalise, quarantined
 from mailsync.sync.plan import plan_writes
 from mailsync.sync.walker import PAGE_SIZE, PageSeen, PageWalker, Stop
@@ -185,10 +185,8 @@ def _write_events(session: Session, scope: _Scope, items: Sequence[tuple[object,
     return _Written(new, list(unique.values()))
 
 
-def _identify_waiting(session: Session, scope: _Scope, written: list[_Written],
-                      absorbed: list[MailEvent]) -> _Written:
+def _identify_waiting(session: Session, scope: _Scope, polled: PollMatch) -> _Written:
     """Plan the writes of webhook events whose person this page's events identify."""
-    polled = [e for w in written for e in w.new] + absorbed
     _, rows = identify_waiting(session, scope.campaign, polled, scope.run_id)
     return _Written([], rows)
 
@@ -246,7 +244,7 @@ def _store_page(session: Session, raws: list[Any], scope: _Scope,
         quarantine.append(row)
     new_quarantine = _insert_quarantine(session, quarantine, memo)
     result.quarantined += new_quarantine
-    written.append(_identify_waiting(session, scope, written, polled.absorbed))
+    written.append(_identify_waiting(session, scope, polled))
     result.webhook_first += len(polled.absorbed)
     new_events = _tally(written, memo, result, scope.on_plan)
 

@@ -5,15 +5,18 @@ or first from the events endpoint (key `e:<drop>:<EventId>`). The `mail_events.m
 column is unique, so insert-if-new skips the second arrival on both databases whichever
 came first. Three things follow, here:
 
-- a webhook event takes the recipient key already stored for the same person in its
-  campaign (so tags, contact links and the report see one recipient); a person the store
-  has never seen, with nothing to find their contact by, gets an *unidentified* key and no
-  writes until the poll reads who it is (`RecipientKind.unidentified`);
+- a webhook event takes the recipient key already stored for its mail piece (`mailId`), or
+  for its carried contact id, in its campaign (so tags, contact links and the report see one
+  recipient). Never for its name and zip: two people of one name in one zip look alike, and
+  the webhook has nothing else. A piece the store has never seen, with nothing to find its
+  contact by (no carried id, email or phone), gets an *unidentified* key and no writes until
+  the poll reads who it is (`RecipientKind.unidentified`);
 - when the poll reads an event a webhook stored first, the webhook's row learns the key the
   poll knows it by (`poll_key`), so later walks see it as stored and an id reused with other
   content is still caught;
-- when the poll reads any event of a person whose webhook events are unidentified, those
-  events take the poll's recipient (and its email, phone, name) and their writes are planned.
+- an unidentified webhook event whose own event the poll reads takes the poll's recipient
+  (DataId, email, phone, name), and so do the other unidentified events of its piece; their
+  writes are planned then.
 
 All of it runs in the caller's transaction (a fetch page, one webhook).
 """
@@ -111,6 +114,8 @@ class PollMatch:
     key: the webhook of such an event cannot be told apart from its neighbour's)."""
     absorbed: list[MailEvent] = field(default_factory=list)
     """Events a webhook stored first: now known by their REST key too."""
+    rows: list[str] = field(default_factory=list)
+    """The stored key of each absorbed event's row (the webhook's), in the same order."""
 
 
 def sort_polled(session: Session, items: Sequence[tuple[object, MailEvent]]) -> PollMatch:
@@ -134,6 +139,7 @@ def sort_polled(session: Session, items: Sequence[tuple[object, MailEvent]]) -> 
                                         col(MailEvent.expected_delivery),
                                         event.expected_delivery)))
             out.absorbed.append(event)
+            out.rows.append(twin.key)
             continue
         if twin is not None or (event.match_key and event.match_key in claimed):
             # Another event of this person, code and second is stored: a second visit within
@@ -145,34 +151,54 @@ def sort_polled(session: Session, items: Sequence[tuple[object, MailEvent]]) -> 
     return out
 
 
-def identify_waiting(session: Session, campaign: CampaignConfig, polled: Iterable[MailEvent],
+_DETAILS = ("email", "phone", "first_name", "last_name", "carried_contact_id")
+
+
+def _identified(row: MailEvent, polled: MailEvent) -> dict[str, object]:
+    """A waiting row's fields once the poll has said who it is."""
+    fields: dict[str, object] = {"recipient_key": polled.recipient_key}
+    for name in _DETAILS:
+        fields[name] = getattr(row, name) or getattr(polled, name)
+    return fields
+
+
+def _waiting(session: Session, drop_id: str, keys: Sequence[str],
+             pieces: Sequence[str]) -> list[MailEvent]:
+    """The unidentified rows among these keys, and those of these pieces."""
+    out: dict[str, MailEvent] = {}
+    for part in _chunks(list(keys)):
+        for row in session.exec(select(MailEvent).where(col(MailEvent.key).in_(part))).all():
+            out[row.key] = row
+    for part in _chunks(list(pieces)):
+        for row in session.exec(select(MailEvent).where(
+                MailEvent.drop_id == drop_id, col(MailEvent.piece_id).in_(part))).all():
+            out[row.key] = row
+    return [r for r in out.values()
+            if recipient_kind(r.recipient_key) == RecipientKind.unidentified]
+
+
+def identify_waiting(session: Session, campaign: CampaignConfig, matched: PollMatch,
                      run_id: str | None) -> tuple[list[MailEvent], list[WriteIntent]]:
-    """Webhook events of the polled events' people that waited for the poll to say who they
-    are: they take the poll's recipient and details, and their writes are planned now.
-    Returns the events identified and the ledger rows inserted."""
-    latest: dict[str, MailEvent] = {}
-    for event in polled:
-        if event.person_key and recipient_kind(event.recipient_key) != RecipientKind.unidentified:
-            latest[unidentified_recipient(event.person_key)] = event
-    if not latest:
+    """Webhook events that waited for the poll to say who their person is: each absorbed
+    row by its own polled event, and the other waiting rows of its piece by the same; they
+    take the poll's recipient and their writes are planned now. Returns the events
+    identified and the ledger rows inserted."""
+    by_row = dict(zip(matched.rows, matched.absorbed, strict=True))
+    if not by_row:
         return [], []
-    waiting: list[MailEvent] = []
-    for part in _chunks(sorted(latest)):
-        waiting += session.exec(select(MailEvent).where(
-            MailEvent.drop_id == campaign.drop_id,
-            col(MailEvent.recipient_key).in_(part))).all()
+    rows = {r.key: r for r in session.exec(select(MailEvent).where(
+        col(MailEvent.key).in_(list(by_row)))).all()}
+    by_piece = {rows[k].piece_id: polled for k, polled in by_row.items()
+                if k in rows and rows[k].piece_id}
     identified: list[MailEvent] = []
-    for row in waiting:
-        who = latest[row.recipient_key]
-        fields = {"recipient_key": who.recipient_key, "email": row.email or who.email,
-                  "phone": row.phone or who.phone, "first_name": row.first_name or who.first_name,
-                  "last_name": row.last_name or who.last_name,
-                  "carried_contact_id": row.carried_contact_id or who.carried_contact_id}
+    for row in _waiting(session, campaign.drop_id, list(by_row), list(by_piece)):
+        polled = by_row.get(row.key) or by_piece[row.piece_id]
+        fields = _identified(row, polled)
         session.execute(update(MailEvent).where(col(MailEvent.key) == row.key).values(**fields))
         identified.append(detached(MailEvent, **{**row.model_dump(), **fields}))
-    rows = plan_writes(identified, campaign, run_id)
-    planned = set(insert_ignore(session, rows, returning="intent_key"))
-    return identified, [r for r in rows if r.intent_key in planned]
+    planned = plan_writes(identified, campaign, run_id)
+    inserted = set(insert_ignore(session, planned, returning="intent_key"))
+    return identified, [r for r in planned if r.intent_key in inserted]
 
 
 # -- the webhook's side -----------------------------------------------------------------------
@@ -197,36 +223,45 @@ class WebhookStored:
     planned: int = 0
 
 
-def recipient_for(session: Session, drop_id: str, person: str | None) -> str | None:
-    """The recipient key stored for this person in this campaign (Postalytics' DataId
-    first), if the store has seen them and knows who they are."""
-    if not person:
-        return None
-    keys = session.exec(select(MailEvent.recipient_key).where(
-        MailEvent.drop_id == drop_id, MailEvent.person_key == person).distinct()).all()
-    known = sorted(k for k in keys if recipient_kind(k) != RecipientKind.unidentified)
-    return known[0] if known else None
+def recipient_for(session: Session, event: MailEvent) -> str | None:
+    """The recipient key already stored for the webhook's piece, else for its carried
+    contact id, in its campaign (Postalytics' DataId first); None when there is none."""
+    for column, value in ((MailEvent.piece_id, event.piece_id),
+                          (MailEvent.person_key, event.person_key
+                           if event.carried_contact_id else None)):
+        if not value:
+            continue
+        keys = session.exec(select(MailEvent.recipient_key).where(
+            MailEvent.drop_id == event.drop_id, col(column) == value).distinct()).all()
+        known = sorted(k for k in keys if recipient_kind(k) != RecipientKind.unidentified)
+        if known:
+            return known[0]
+    return None
 
 
 def store_webhook_event(session: Session, event: MailEvent, campaign: CampaignConfig,
                         received_at: datetime) -> WebhookStored:
     """Insert one webhook event if new, with the ledger rows it causes, in the session's
     transaction; a second arrival of a stored event only records when its webhook came."""
-    adopted = recipient_for(session, campaign.drop_id, event.person_key)
+    adopted = recipient_for(session, event)
     waits = False
     recipient = event.recipient_key
     if adopted is not None:
         recipient = adopted
     elif not (event.carried_contact_id or event.email or event.phone):
         assert event.person_key is not None  # normalise refuses a webhook without one
-        recipient, waits = unidentified_recipient(event.person_key), True
+        recipient = unidentified_recipient(event.piece_id or event.person_key)
+        waits = True
     event = _with(event, recipient_key=recipient, source=EventSource.webhook,
                   received_at=received_at)
     if not insert_ignore(session, [event]):
         same = (col(MailEvent.match_key) == event.match_key if event.match_key
                 else col(MailEvent.key) == event.key)
-        session.execute(update(MailEvent).where(same, col(MailEvent.received_at).is_(None))
-                        .values(received_at=received_at))
+        # The event is stored (the poll got it first, or this is a redelivery): record when
+        # its webhook came, and its piece, so the piece's next webhooks know their recipient.
+        session.execute(update(MailEvent).where(same).values(
+            received_at=func.coalesce(col(MailEvent.received_at), received_at),
+            piece_id=func.coalesce(col(MailEvent.piece_id), event.piece_id)))
         return WebhookStored(Arrival.duplicate, event.key)
     if waits:
         return WebhookStored(Arrival.awaiting_poll, event.key)

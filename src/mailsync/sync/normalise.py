@@ -44,6 +44,8 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "var_fields": ("varfields", "variablefields", "fields"),
     "metadata": ("metadata", "meta"),
     "url": ("url", "purl", "visitedurl"),
+    # The webhook's piece (one per recipient and campaign); documented as internal.
+    "piece_id": ("mailid", "pieceid"),
 }
 # Containers the recipient fields may be nested in (the webhook's `To` section, the REST
 # `Address`; a webhook's `To.address` is the street, a string, and is not a container).
@@ -56,7 +58,8 @@ MATCH_VERSION = "m1"
 
 MAX_LEN = {"event_id": 64, "recipient_id": 64, "first_name": 255, "last_name": 255,
            "email": 320, "phone": 64, "expected_delivery": 32, "url": 2048,
-           "carried_contact_id": 255, "label": 64, "full_name": 510, "zip": 16}
+           "carried_contact_id": 255, "label": 64, "full_name": 510, "zip": 16,
+           "piece_id": 64}
 MAX_PAYLOAD_CHARS = 20000
 
 # What a database cannot hold in text: PostgreSQL refuses NUL, and neither driver can encode a
@@ -123,6 +126,14 @@ def _text(field: str, value: Any, *, required: bool = False) -> str | None:
     if limit is not None and len(text) > limit:
         raise BadEvent(f"{field} is {len(text)} characters long (at most {limit})")
     return text or None
+
+
+def _lenient(field: str, value: Any) -> str | None:
+    """`_text`, or None where it would refuse the value."""
+    try:
+        return _text(field, value)
+    except BadEvent:
+        return None
 
 
 def parse_time(value: Any) -> datetime:
@@ -387,4 +398,7 @@ def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
         url=url, first_name=first, last_name=last, email=email, phone=phone,
         carried_contact_id=carried, run_id=run_id, match_key=match, person_key=who,
         zip=zip_code, source=source,
+        # Documented as internal: a piece id that is not a short text is ignored, never a
+        # reason to refuse the event.
+        piece_id=_lenient("piece_id", _pick(top, "piece_id")),
     )
