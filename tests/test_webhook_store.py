@@ -12,7 +12,13 @@ from sqlmodel import Session, select
 
 from mailsync.config import CampaignConfig
 from mailsync.store.engine import _alembic_config, _engine, get_engine, normalise_url
-from mailsync.store.models import EventSource, MailEvent, QuarantinedEvent, WriteIntent
+from mailsync.store.models import (
+    EventSource,
+    MailEvent,
+    QuarantinedEvent,
+    WriteIntent,
+    WriteStatus,
+)
 from mailsync.store.reasons import QuarantineReason
 from mailsync.sync.fetch import fetch_campaign
 from mailsync.sync.match import Arrival
@@ -239,3 +245,18 @@ def test_old_rows_get_their_match_key_where_their_fields_allow(db_url):
     assert stored["e:40211:b"].match_key is None and stored["e:40211:d"].match_key is None
     # And a webhook for the carried person now finds the old row.
     assert push(engine, webhook(11, T0, carried("hl_9"))).arrival == Arrival.duplicate
+
+
+def test_a_location_is_settled_once_the_writes_planned_before_a_moment_are_done(db_url):
+    from mailsync.store import ledger as store_ledger
+    from mailsync.webhook.service import writes_settled
+
+    engine = get_engine(db_url)
+    settled = writes_settled(engine)
+    push(engine, webhook(11, T0, carried("hl_4")))
+    announced = datetime.now(UTC)
+    assert not settled("loc", announced) and settled("other-loc", announced)
+    before = datetime(2020, 1, 1, tzinfo=UTC)
+    assert settled("loc", before)  # nothing was planned before then
+    store_ledger.mark(engine, [r.id for r in ledger(engine)], WriteStatus.done)
+    assert settled("loc", announced)

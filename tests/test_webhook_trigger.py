@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
+from datetime import datetime
 
 from mailsync.webhook.trigger import ApplyCoalescer, DebouncedEmitter, Next, in_daemon_thread
 
@@ -109,32 +109,79 @@ def test_closing_stops_new_applies():
     assert asyncio.run(scenario()).calls == ["loc"]
 
 
-def test_the_prefect_emitter_announces_a_burst_once_then_once_more_at_the_interval():
+def test_the_prefect_emitter_announces_a_burst_once_then_once_per_interval():
     sent: list[str] = []
-    done = threading.Event()
-
-    def emit(location_id: str) -> None:
-        sent.append(location_id)
-        done.set()
 
     async def scenario() -> DebouncedEmitter:
-        emitter = DebouncedEmitter(emit, interval=0.2)
-        for _ in range(100):
+        emitter = DebouncedEmitter(sent.append, interval=0.2)
+        for _ in range(100):  # a burst: one announcement
             emitter.notify("loc")
         emitter.notify("other")
         await asyncio.sleep(0.05)
-        assert sorted(sent) == ["loc", "other"]  # at once, one each
-        await asyncio.sleep(0.3)  # the trailing announcement for the rest of the burst
+        assert sorted(sent) == ["loc", "other"]
+        emitter.notify("loc")  # within the interval: announced at its end, once
+        emitter.notify("loc")
         await asyncio.sleep(0.05)
-        emitter.notify("loc")  # a quiet interval later: at once again
+        assert sent.count("loc") == 1
+        await asyncio.sleep(0.25)
+        assert sent.count("loc") == 2
+        await asyncio.sleep(0.25)
+        emitter.notify("loc")  # a quiet interval later: at once
         await asyncio.sleep(0.05)
-        emitter.notify("loc")  # within the interval: only at its end...
-        await emitter.aclose()  # ...or when the receiver stops
+        assert sent.count("loc") == 3
+        emitter.notify("loc")  # too soon: due at the interval's end...
+        await emitter.aclose()  # ...or now, when the receiver stops
         return emitter
 
     emitter = asyncio.run(scenario())
     assert sent.count("loc") == 4 and sent.count("other") == 1
-    assert emitter.emitted("loc") == 3  # the last one went out on closing
+    assert emitter.emitted("loc") == 4
+
+
+def test_one_announced_run_in_flight_per_location_until_it_took_the_writes():
+    sent: list[str] = []
+    taken = {"loc": False}
+    asked: list[datetime] = []
+
+    def settled(location_id: str, since: datetime) -> bool:
+        asked.append(since)
+        return taken[location_id]
+
+    async def scenario() -> None:
+        emitter = DebouncedEmitter(sent.append, interval=0.01, settled=settled,
+                                   check_every=0.01, give_up_after=5)
+        emitter.notify("loc")
+        await asyncio.sleep(0.05)
+        for _ in range(50):  # a steady stream while the run is starting
+            emitter.notify("loc")
+            await asyncio.sleep(0.002)
+        assert sent == ["loc"]  # not again while the run has not taken the writes
+        taken["loc"] = True
+        await asyncio.sleep(0.05)
+        assert sent == ["loc", "loc"]  # the stream's writes: one more run
+        await asyncio.sleep(0.05)
+        assert sent == ["loc", "loc"]  # nothing new since: quiet
+        await emitter.aclose()
+
+    asyncio.run(scenario())
+    assert asked and all(a.tzinfo is not None for a in asked)
+
+
+def test_a_run_that_never_takes_the_writes_is_announced_again():
+    sent: list[str] = []
+
+    async def scenario() -> None:
+        emitter = DebouncedEmitter(sent.append, interval=0.01,
+                                   settled=lambda loc, since: False, check_every=0.01,
+                                   give_up_after=0.1)
+        emitter.notify("loc")
+        await asyncio.sleep(0.02)
+        emitter.notify("loc")
+        await asyncio.sleep(0.3)
+        await emitter.aclose()
+
+    asyncio.run(scenario())
+    assert sent == ["loc", "loc"]
 
 
 def test_an_emitter_that_fails_is_logged_and_the_receiver_goes_on(caplog):

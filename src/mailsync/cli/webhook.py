@@ -15,11 +15,12 @@ from mailsync.webhook.service import (
     build_receiver,
     check_credentials,
     inline_trigger,
+    prefect_trigger,
     serve,
     webhook_secret,
     webhook_url,
 )
-from mailsync.webhook.trigger import DebouncedEmitter, Trigger
+from mailsync.webhook.trigger import Trigger
 
 webhook_app = typer.Typer(no_args_is_help=True,
                           help="Receive Postalytics' webhooks: events reach HighLevel in seconds.")
@@ -49,7 +50,7 @@ def _trigger(ctx: SyncContext) -> Trigger:
         # The CLI wires Prefect in; the receiver library never imports it.
         from tasks.webhook_events import prefect_emitter
 
-        return DebouncedEmitter(prefect_emitter())
+        return prefect_trigger(ctx, prefect_emitter())
     check_credentials(ctx)
     return inline_trigger(ctx)
 

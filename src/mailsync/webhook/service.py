@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from urllib.parse import quote
 
 import uvicorn
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
 from starlette.applications import Starlette
 
 from mailsync.config import ConfigError, Settings
 from mailsync.redact import Secret, get_logger
 from mailsync.store.leases import worker_identity
+from mailsync.store.models import OPEN_STATUSES, WriteIntent
 from mailsync.sync import runner
 from mailsync.sync.apply import Stop
 from mailsync.sync.context import SyncContext
 from mailsync.webhook.app import ROUTE, ReceiverConfig, create_receiver
-from mailsync.webhook.trigger import ApplyCoalescer, Next, Trigger, in_daemon_thread
+from mailsync.webhook.trigger import (
+    ApplyCoalescer,
+    DebouncedEmitter,
+    Next,
+    Trigger,
+    in_daemon_thread,
+)
 
 log = get_logger("mailsync.webhook")
 
@@ -78,6 +88,27 @@ def inline_apply(ctx: SyncContext, holder: str | None = None
 def inline_trigger(ctx: SyncContext, holder: str | None = None) -> ApplyCoalescer:
     """Mode `inline`: the receiver applies each location it has new writes for."""
     return ApplyCoalescer(inline_apply(ctx, holder))
+
+
+def writes_settled(engine: Engine) -> Callable[[str, datetime], bool]:
+    """Whether none of a location's writes planned up to a moment is still open (pending or
+    sent without an answer): a run has applied them (or left them to the schedule)."""
+
+    def settled(location_id: str, since: datetime) -> bool:
+        q = select(func.count()).select_from(WriteIntent).where(
+            WriteIntent.location_id == location_id,
+            col(WriteIntent.status).in_(list(OPEN_STATUSES)),
+            col(WriteIntent.created_at) <= since)
+        with Session(engine) as s:
+            return s.exec(q).one() == 0
+
+    return settled
+
+
+def prefect_trigger(ctx: SyncContext, emit: Callable[[str], None]) -> DebouncedEmitter:
+    """Mode `prefect`: announce a location through `emit` (a Prefect event, built in
+    `tasks/`), one announced run in flight per location."""
+    return DebouncedEmitter(emit, settled=writes_settled(ctx.engine))
 
 
 def check_credentials(ctx: SyncContext) -> None:

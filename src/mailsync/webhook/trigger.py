@@ -9,8 +9,9 @@ after the 202's commit):
   The apply holds the location's lease, like the scheduled sync: when the sync has it, the
   apply tries again shortly (the sync may have listed its rows before these were planned).
 - `DebouncedEmitter` (mode `prefect`): calls an injected emitter (a Prefect event, built in
-  `tasks/`) at most once per location per interval, and once more at the interval's end
-  when notices came meanwhile, so a burst starts one or two flow runs, not hundreds.
+  `tasks/`) at most once per location per interval, and not again until the run it started
+  has taken the writes planned before it (read from the ledger), so a burst or a steady
+  stream keeps one flow run in flight per location, not hundreds queued for the lease.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from mailsync.redact import get_logger
+from mailsync.store.models import utcnow
 
 log = get_logger("mailsync.webhook")
 
@@ -147,44 +150,63 @@ class ApplyCoalescer:
 @dataclass
 class _Emits:
     last: float = float("-inf")
-    timer: asyncio.TimerHandle | None = None
+    dirty: bool = False
+    task: asyncio.Task[None] | None = None
     sent: int = 0
 
 
 @dataclass
 class DebouncedEmitter:
-    """Prefect mode: the injected emitter, at most once per location per `interval` s."""
+    """Prefect mode: the injected emitter, at most once per location per `interval` s, and,
+    given `settled`, never while the run it started has not yet taken the writes."""
 
     emit: Callable[[str], None]
     """Announce that a location has writes planned (e.g. emit a Prefect event)."""
     interval: float = 5.0
+    settled: Callable[[str, datetime], bool] | None = None
+    """Whether every write of the location planned up to a moment is done (or given up):
+    the announced run has applied them. While it has not, notices only mark the location,
+    and it is announced again once they are (so one run is in flight per location)."""
+    give_up_after: float = 120.0
+    """A run that has not taken the writes by then (failed, queued): announce again."""
+    check_every: float = 1.0
     clock: Callable[[], float] = time.monotonic
     _locations: dict[str, _Emits] = field(default_factory=dict)
     _closed: bool = False
 
     def notify(self, location_id: str) -> None:
-        """Emit now, or once at the end of the current interval if one was just sent."""
+        """Mark the location; its watcher announces it as soon as the rules allow."""
         if self._closed:
             return
         state = self._locations.setdefault(location_id, _Emits())
-        if state.timer is not None:
-            return  # a trailing emit is due already: it covers this notice too
-        wait = state.last + self.interval - self.clock()
-        if wait <= 0:
-            self._fire(location_id, state)
-            return
-        loop = asyncio.get_running_loop()
-        state.timer = loop.call_later(wait, self._fire, location_id, state)
+        state.dirty = True
+        if state.task is None or state.task.done():
+            state.task = asyncio.get_running_loop().create_task(
+                self._watch(location_id, state))
 
-    def _fire(self, location_id: str, state: _Emits) -> None:
-        state.timer = None
-        if self._closed:
-            return
-        state.last = self.clock()
-        state.sent += 1
-        # The emitter may block on the network: keep it off the event loop.
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, self._emit_logged, location_id)
+    async def _watch(self, location_id: str, state: _Emits) -> None:
+        while state.dirty and not self._closed:
+            wait = state.last + self.interval - self.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            state.dirty = False
+            announced = utcnow()
+            state.last = self.clock()
+            state.sent += 1
+            # The emitter may block on the network: keep it off the event loop.
+            await asyncio.to_thread(self._emit_logged, location_id)
+            if self.settled is not None:
+                await self._until_settled(location_id, announced)
+
+    async def _until_settled(self, location_id: str, since: datetime) -> None:
+        deadline = self.clock() + self.give_up_after
+        while not self._closed and self.clock() < deadline:
+            await asyncio.sleep(self.check_every)
+            try:
+                if await asyncio.to_thread(self.settled, location_id, since):  # type: ignore[arg-type]
+                    return
+            except Exception as exc:  # the store failed: wait for the deadline instead
+                log.warning("location %s: could not read the ledger: %s", location_id, exc)
 
     def _emit_logged(self, location_id: str) -> None:
         try:
@@ -198,10 +220,15 @@ class DebouncedEmitter:
         return state.sent if state else 0
 
     async def aclose(self) -> None:
-        """Announce what is still due now, then stop."""
-        for location_id, state in self._locations.items():
-            if state.timer is not None:
-                state.timer.cancel()
-                state.timer = None
-                await asyncio.to_thread(self._emit_logged, location_id)
+        """Stop watching; a location marked since its last announcement is announced once
+        more now, so nothing the receiver committed waits for the schedule."""
         self._closed = True
+        tasks = [s.task for s in self._locations.values() if s.task and not s.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for location_id, state in self._locations.items():
+            if state.dirty:
+                state.dirty = False
+                state.sent += 1
+                await asyncio.to_thread(self._emit_logged, location_id)
