@@ -48,8 +48,10 @@ def _per_write_flow() -> Any:
     from sqlmodel import Session, col, select
 
     from flows._common import collect, task_runner
+    from mailsync.store import ledger
     from mailsync.store.models import WriteIntent, WriteKind, WriteStatus
-    from mailsync.sync.apply import _STATUS_OF, _mark
+    from mailsync.store.reasons import Reason
+    from mailsync.sync.apply import row_outcomes
     from mailsync.sync.resolve import load_recipients, resolve
     from tasks.artifacts import publish
     from tasks.context import build_context
@@ -75,9 +77,12 @@ def _per_write_flow() -> Any:
     async def write(config_path: str, location: str, ids: list[int]) -> str:
         ctx = build_context(config_path)
         with Session(ctx.engine) as s:
-            rows = list(s.exec(select(WriteIntent).where(col(WriteIntent.id).in_(ids))).all())
+            first = s.exec(select(WriteIntent).where(WriteIntent.id == ids[0])).one()
+        # The ledger's own statements, as the batch apply uses them (store/ledger.py).
+        rows = [r for r in ledger.rows_of(ctx.engine, ledger.Selection(location),
+                                          [(first.drop_id, first.recipient_key)])
+                if r.id in ids]
         async with ctx.highlevel(location) as hl:
-            first = rows[0]
             contact = first.contact_id
             if contact is None:
                 who = load_recipients(ctx.engine, {(first.drop_id, first.recipient_key)})
@@ -85,16 +90,18 @@ def _per_write_flow() -> Any:
                                     who[(first.drop_id, first.recipient_key)])
                 contact = res.contact_id
                 if contact is None:
-                    _mark(ctx.engine, ids, WriteStatus.rejected, reason=res.reason)
+                    ledger.mark(ctx.engine, ids, WriteStatus.rejected, reason=res.reason,
+                                detail=res.detail)
                     return "rejected"
+                ledger.link_rows(ctx.engine, [(i, contact) for i in ids])
             if first.kind == WriteKind.note:
-                _mark(ctx.engine, ids, WriteStatus.unknown, attempt=True, contact_id=contact)
+                ledger.mark(ctx.engine, ids, WriteStatus.unknown, reason=Reason.sending,
+                            contact_id=contact)
                 outcome = await hl.create_note(contact, first.body or "")
             else:
                 outcome = await hl.add_tags(contact, sorted({r.tag or "" for r in rows}))
-            _mark(ctx.engine, ids, _STATUS_OF[outcome.status], http_status=outcome.http_status,
-                  remote_id=outcome.remote_id, attempt=first.kind != WriteKind.note,
-                  contact_id=contact)
+            ledger.write(ctx.engine, ledger.Batch(location,
+                                                  outcomes=row_outcomes(rows, outcome)))
             return outcome.status
 
     @task(name="write-one", **COMMON)
