@@ -133,6 +133,9 @@ def test_namesakes_in_one_zip_each_get_their_own_writes(tmp_path):
         a, b = found[0], found[1]
         # Same name, same address: only their pieces (and the poll's DataId) tell them apart.
         b.first_name, b.last_name, b.address = a.first_name, a.last_name, dict(a.address)
+        # And two namesakes elsewhere who carry their contact ids: the ids tell them apart.
+        c, d = [p for p in people if p.drop_id == drop and p.match == "carried"][:2]
+        d.first_name, d.last_name = c.first_name, c.last_name
         w.sb.set_webhooks({d: w.url(d) for d in w.drops()}, reorder=True)
         for step in range(6):
             w.sb.advance(12)

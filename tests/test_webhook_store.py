@@ -178,6 +178,22 @@ def test_two_people_of_one_name_in_one_zip_are_never_taken_for_each_other(db_url
     assert ada.arrival == Arrival.awaiting_poll  # a piece never seen: not Ada by her name
 
 
+def test_namesakes_carrying_their_contact_ids_stay_two_recipients(db_url):
+    from mailsync.sync.resolve import load_recipients
+
+    engine = get_engine(db_url)
+    seattle = {**carried("hl_seattle"), "Address": {**ADA["Address"], "Zip": "98101"}}
+    one = push(engine, webhook(11, T0, carried("hl_boston"), piece="mp_b"))
+    two = push(engine, webhook(11, T0 + timedelta(hours=1), seattle, piece="mp_s"))
+    rows = {e.key: e for e in events(engine)}
+    first, second = rows[one.event_key], rows[two.event_key]
+    assert first.recipient_key != second.recipient_key
+    who = load_recipients(engine, {("40211", first.recipient_key),
+                                   ("40211", second.recipient_key)})
+    assert who[("40211", first.recipient_key)].carried_contact_id == "hl_boston"
+    assert who[("40211", second.recipient_key)].carried_contact_id == "hl_seattle"
+
+
 def test_two_visits_in_one_second_are_two_events_whichever_came_first(db_url):
     engine = get_engine(db_url)
     visit = T0 + timedelta(days=3)

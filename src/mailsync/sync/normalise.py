@@ -379,6 +379,14 @@ def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
     zip_code = _text("zip", _pick(person, "zip"))
     rkey = recipient_key(recipient_id, email, phone, first, last)
     who = person_key(carried, first, last, zip_code, email)
+    # Documented as internal: a piece id that is not a short text is ignored, never a
+    # reason to refuse the event.
+    piece = _lenient("piece_id", _pick(top, "piece_id"))
+    if source == EventSource.webhook and not recipient_id:
+        # Without a DataId, names alone would make two namesakes one recipient (one contact
+        # link, one carried id for both): the piece and the carried id keep them apart.
+        rkey = f"{RecipientKind.hashed.value}:" + short_hash(
+            "webhook", carried, piece, (email or "").casefold(), phone, who, length=40)
     match = match_key(drop_id, code.value, event_at, who) if who else None
 
     event_id = _text("event_id", _pick(top, "event_id"))
@@ -398,7 +406,5 @@ def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
         url=url, first_name=first, last_name=last, email=email, phone=phone,
         carried_contact_id=carried, run_id=run_id, match_key=match, person_key=who,
         zip=zip_code, source=source,
-        # Documented as internal: a piece id that is not a short text is ignored, never a
-        # reason to refuse the event.
-        piece_id=_lenient("piece_id", _pick(top, "piece_id")),
+        piece_id=piece,
     )
