@@ -2,8 +2,10 @@
 
 The `mailsync-apply` deployment (prefect.yaml) has a trigger on the receiver's event
 (`mailsync.location.writes-planned`), with the location taken from the event's resource.
-Each location is applied as the scheduled sync applies it (`tasks.sync.apply_location`),
-under the same lease, so the two never write one location at once.
+Each location is applied as the scheduled sync applies it (the same `runner.apply`, under
+the same lease, so the two never write one location at once), and the run stays while
+webhooks keep coming (`tasks.webhook_events.apply_and_stay`): a flow run takes seconds to
+start, so one run serves a stream rather than one run per few webhooks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import Field
 
 from flows._common import RunFailed, collect, task_runner
 from mailsync.store.runs import Scope
-from tasks.sync import apply_location
+from tasks.webhook_events import LINGER_SECONDS, apply_and_stay
 
 
 @flow(name="apply-locations", task_runner=task_runner(), persist_result=False,
@@ -24,8 +26,10 @@ def apply_locations(
     locations: Annotated[list[str], Field(min_length=1)],
     config_path: str = "",
     lease_wait_seconds: Annotated[float, Field(ge=0)] = 60.0,
+    linger_seconds: Annotated[float, Field(ge=0)] = LINGER_SECONDS,
 ) -> dict[str, Any]:
-    """One task per location applies its open ledger rows (all campaigns).
+    """One task per location applies its waiting ledger rows (all campaigns), and again as
+    more arrive, until none came for `linger_seconds`.
 
     Args:
         locations: HighLevel location ids (the webhook receiver's event names one).
@@ -33,14 +37,15 @@ def apply_locations(
         lease_wait_seconds: How long to wait for a location another run is applying (the
             scheduled sync, or the apply of an earlier event) before leaving its rows to
             the next run.
+        linger_seconds: How long to stay after the last write for more webhooks' writes.
     """
     config_path = config_path or None  # the UI's form sends "" for "not set"
     wanted = sorted(set(locations))
-    applies = apply_location.map(unmapped(config_path), wanted,
+    applies = apply_and_stay.map(unmapped(config_path), wanted,
+                                 linger_seconds=linger_seconds,
                                  lease_wait_seconds=lease_wait_seconds)
     applied, errors = collect(applies, wanted, Scope.location)
-    out = {"locations": {r.location_id: {str(k): v for k, v in sorted(r.outcomes.items())}
-                         for r in applied},
+    out = {"locations": {r["location_id"]: r for r in applied},
            "errors": [str(e) for e in errors]}
     if errors:
         raise RunFailed(errors)

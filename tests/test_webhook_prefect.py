@@ -65,7 +65,7 @@ def test_the_flow_accepts_the_rendered_parameters():
     from flows.apply import apply_locations
 
     props = apply_locations.parameters.model_dump()["properties"]
-    assert set(props) == {"locations", "config_path", "lease_wait_seconds"}
+    assert set(props) == {"locations", "config_path", "lease_wait_seconds", "linger_seconds"}
     assert all(p.get("description") for p in props.values())
 
 
@@ -103,3 +103,42 @@ def test_the_receiver_library_never_imports_prefect():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_triggered_apply_stays_for_the_webhooks_that_follow(tmp_path):
+    import threading
+    import time
+
+    from sqlmodel import Session, select
+
+    from mailsync.sandbox.webhooks import webhook_payload
+    from mailsync.store.leases import lease_holder
+    from mailsync.store.models import WriteIntent, WriteStatus
+    from tasks.webhook_events import apply_and_stay
+    from tests.test_webhook_receiver import Counting
+    from tests.webhook_helpers import webhook_rig
+
+    with webhook_rig(tmp_path, trigger=Counting(), contacts=30) as w:
+        w.sb.advance(30)
+        drop = w.settings.campaigns[0]
+        carried = [e for e in w.sb.sandbox.scenario.campaign(drop.drop_id).events
+                   if e.recipient.match == "carried"]
+        assert w.post(drop.drop_id, webhook_payload(carried[0])).status_code == 202
+        out: dict = {}
+        run = threading.Thread(target=lambda: out.update(apply_and_stay.fn(
+            str(w.rig.config), drop.location, linger_seconds=1.5)))
+        started = time.monotonic()
+        run.start()
+        time.sleep(0.8)
+        held = lease_holder(w.ctx.engine, drop.location)
+        for ev in carried[1:4]:  # webhooks while the run stays
+            assert w.post(drop.drop_id, webhook_payload(ev)).status_code == 202
+        run.join(timeout=60)
+        took = time.monotonic() - started
+        with Session(w.ctx.engine) as s:
+            notes = s.exec(select(WriteIntent).where(WriteIntent.kind == "note")).all()
+        assert len(notes) == 4 and all(n.status == WriteStatus.done for n in notes)
+        assert held is not None  # it holds the location while it stays
+        assert lease_holder(w.ctx.engine, drop.location) is None  # and lets go when it leaves
+        assert out["outcomes"]["done"] >= 8 and out["stopped"] is None
+        assert 1.5 < took < 30

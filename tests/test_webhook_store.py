@@ -263,16 +263,18 @@ def test_old_rows_get_their_match_key_where_their_fields_allow(db_url):
     assert push(engine, webhook(11, T0, carried("hl_9"))).arrival == Arrival.duplicate
 
 
-def test_a_location_is_settled_once_the_writes_planned_before_a_moment_are_done(db_url):
+def test_a_location_has_writes_waiting_until_they_are_sent(db_url):
     from mailsync.store import ledger as store_ledger
-    from mailsync.webhook.service import writes_settled
+    from mailsync.store.reasons import Reason
+    from mailsync.webhook.service import writes_waiting
 
     engine = get_engine(db_url)
-    settled = writes_settled(engine)
+    waiting = writes_waiting(engine)
+    assert not waiting("loc")
     push(engine, webhook(11, T0, carried("hl_4")))
-    announced = datetime.now(UTC)
-    assert not settled("loc", announced) and settled("other-loc", announced)
-    before = datetime(2020, 1, 1, tzinfo=UTC)
-    assert settled("loc", before)  # nothing was planned before then
-    store_ledger.mark(engine, [r.id for r in ledger(engine)], WriteStatus.done)
-    assert settled("loc", announced)
+    assert waiting("loc") and not waiting("other-loc")
+    ids = [r.id for r in ledger(engine)]
+    store_ledger.mark(engine, ids, WriteStatus.pending, reason=Reason.daily_quota)
+    assert not waiting("loc")  # deferred to tomorrow: no run can send them today
+    store_ledger.mark(engine, ids, WriteStatus.done)
+    assert not waiting("loc")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 
 from mailsync.webhook.trigger import ApplyCoalescer, DebouncedEmitter, Next, in_daemon_thread
 
@@ -138,50 +137,94 @@ def test_the_prefect_emitter_announces_a_burst_once_then_once_per_interval():
     assert emitter.emitted("loc") == 4
 
 
-def test_one_announced_run_in_flight_per_location_until_it_took_the_writes():
-    sent: list[str] = []
-    taken = {"loc": False}
-    asked: list[datetime] = []
+class Store:
+    """What the receiver reads: who holds the location's lease, and what waits."""
 
-    def settled(location_id: str, since: datetime) -> bool:
-        asked.append(since)
-        return taken[location_id]
+    def __init__(self) -> None:
+        self.holder: str | None = None
+        self.waiting = 0
+
+    def busy(self, location_id: str) -> bool:
+        return self.holder is not None
+
+    def has_waiting(self, location_id: str) -> bool:
+        return self.waiting > 0
+
+
+def emitter_over(store: Store, sent: list[str], give_up_after: float = 5) -> DebouncedEmitter:
+    return DebouncedEmitter(sent.append, interval=0.01, busy=store.busy,
+                            waiting=store.has_waiting, check_every=0.01,
+                            give_up_after=give_up_after)
+
+
+def test_one_run_per_location_while_it_applies_and_stays():
+    sent: list[str] = []
+    store = Store()
 
     async def scenario() -> None:
-        emitter = DebouncedEmitter(sent.append, interval=0.01, settled=settled,
-                                   check_every=0.01, give_up_after=5)
+        emitter = emitter_over(store, sent)
+        store.waiting = 1
         emitter.notify("loc")
         await asyncio.sleep(0.05)
-        for _ in range(50):  # a steady stream while the run is starting
+        assert sent == ["loc"]
+        for _ in range(20):  # webhooks while the announced run is starting
+            store.waiting += 1
             emitter.notify("loc")
             await asyncio.sleep(0.002)
-        assert sent == ["loc"]  # not again while the run has not taken the writes
-        taken["loc"] = True
+        assert sent == ["loc"]
+        store.holder = "the-run"  # it started: it applies, and stays for more
+        for _ in range(20):
+            emitter.notify("loc")
+            await asyncio.sleep(0.002)
+        store.waiting = 0
         await asyncio.sleep(0.05)
-        assert sent == ["loc", "loc"]  # the stream's writes: one more run
+        assert sent == ["loc"]  # the staying run took the stream
+        store.holder = None  # it left; a webhook after that: a new run
+        store.waiting = 1
+        emitter.notify("loc")
         await asyncio.sleep(0.05)
-        assert sent == ["loc", "loc"]  # nothing new since: quiet
+        assert sent == ["loc", "loc"]
         await emitter.aclose()
 
     asyncio.run(scenario())
-    assert asked and all(a.tzinfo is not None for a in asked)
 
 
-def test_a_run_that_never_takes_the_writes_is_announced_again():
+def test_writes_left_after_a_run_ends_are_announced_again_and_nothing_when_none_wait():
     sent: list[str] = []
+    store = Store()
 
     async def scenario() -> None:
-        emitter = DebouncedEmitter(sent.append, interval=0.01,
-                                   settled=lambda loc, since: False, check_every=0.01,
-                                   give_up_after=0.1)
+        emitter = emitter_over(store, sent)
+        emitter.notify("quiet")  # a notice with nothing waiting (a redelivery): no run
+        await asyncio.sleep(0.03)
+        assert sent == []
+        store.waiting, store.holder = 1, "the-schedule"  # the schedule holds it: wait
         emitter.notify("loc")
-        await asyncio.sleep(0.02)
-        emitter.notify("loc")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.05)
+        assert sent == []
+        store.holder = None  # it left rows behind (planned after it listed them)
+        await asyncio.sleep(0.05)
+        assert sent == ["loc"]
         await emitter.aclose()
 
     asyncio.run(scenario())
-    assert sent == ["loc", "loc"]
+
+
+def test_a_run_that_never_starts_is_announced_again():
+    sent: list[str] = []
+    store = Store()
+    store.waiting = 1
+
+    async def scenario() -> None:
+        emitter = emitter_over(store, sent, give_up_after=0.1)
+        emitter.notify("loc")
+        await asyncio.sleep(0.05)
+        assert sent == ["loc"]
+        await asyncio.sleep(0.12)
+        assert sent == ["loc", "loc"]
+        await emitter.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_an_emitter_that_fails_is_logged_and_the_receiver_goes_on(caplog):

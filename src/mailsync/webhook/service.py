@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from urllib.parse import quote
 
 import uvicorn
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, func, or_, select
 from starlette.applications import Starlette
 
 from mailsync.config import ConfigError, Settings
 from mailsync.redact import Secret, get_logger
-from mailsync.store.leases import worker_identity
+from mailsync.store.leases import lease_holder, worker_identity
 from mailsync.store.models import OPEN_STATUSES, WriteIntent
+from mailsync.store.reasons import Reason
 from mailsync.sync import runner
 from mailsync.sync.apply import Stop
 from mailsync.sync.context import SyncContext
@@ -90,25 +90,28 @@ def inline_trigger(ctx: SyncContext, holder: str | None = None) -> ApplyCoalesce
     return ApplyCoalescer(inline_apply(ctx, holder))
 
 
-def writes_settled(engine: Engine) -> Callable[[str, datetime], bool]:
-    """Whether none of a location's writes planned up to a moment is still open (pending or
-    sent without an answer): a run has applied them (or left them to the schedule)."""
+def writes_waiting(engine: Engine) -> Callable[[str], bool]:
+    """Whether a location has writes planned and not sent (pending or unknown), other than
+    those deferred to tomorrow by the daily quota."""
 
-    def settled(location_id: str, since: datetime) -> bool:
+    def waiting(location_id: str) -> bool:
         q = select(func.count()).select_from(WriteIntent).where(
             WriteIntent.location_id == location_id,
             col(WriteIntent.status).in_(list(OPEN_STATUSES)),
-            col(WriteIntent.created_at) <= since)
+            or_(col(WriteIntent.reason_code).is_(None),
+                col(WriteIntent.reason_code) != Reason.daily_quota))
         with Session(engine) as s:
-            return s.exec(q).one() == 0
+            return s.exec(q).one() > 0
 
-    return settled
+    return waiting
 
 
 def prefect_trigger(ctx: SyncContext, emit: Callable[[str], None]) -> DebouncedEmitter:
     """Mode `prefect`: announce a location through `emit` (a Prefect event, built in
-    `tasks/`), one announced run in flight per location."""
-    return DebouncedEmitter(emit, settled=writes_settled(ctx.engine))
+    `tasks/`), keeping one run per location (see `DebouncedEmitter`)."""
+    engine = ctx.engine
+    return DebouncedEmitter(emit, busy=lambda loc: lease_holder(engine, loc) is not None,
+                            waiting=writes_waiting(engine))
 
 
 def check_credentials(ctx: SyncContext) -> None:

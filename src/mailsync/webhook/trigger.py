@@ -9,9 +9,10 @@ after the 202's commit):
   The apply holds the location's lease, like the scheduled sync: when the sync has it, the
   apply tries again shortly (the sync may have listed its rows before these were planned).
 - `DebouncedEmitter` (mode `prefect`): calls an injected emitter (a Prefect event, built in
-  `tasks/`) at most once per location per interval, and not again until the run it started
-  has taken the writes planned before it (read from the ledger), so a burst or a steady
-  stream keeps one flow run in flight per location, not hundreds queued for the lease.
+  `tasks/`) at most once per location per interval, and only while writes wait and nobody
+  holds the location's lease (the triggered run holds it while it applies and while it
+  stays for more webhooks), so a burst or a steady stream keeps one flow run per location,
+  not hundreds queued for the lease.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from mailsync.redact import get_logger
-from mailsync.store.models import utcnow
 
 log = get_logger("mailsync.webhook")
 
@@ -151,24 +150,30 @@ class ApplyCoalescer:
 class _Emits:
     last: float = float("-inf")
     dirty: bool = False
+    run_seen: bool = True
+    """Whether the run last announced has been seen at work (or is no longer needed)."""
     task: asyncio.Task[None] | None = None
     sent: int = 0
 
 
 @dataclass
 class DebouncedEmitter:
-    """Prefect mode: the injected emitter, at most once per location per `interval` s, and,
-    given `settled`, never while the run it started has not yet taken the writes."""
+    """Prefect mode: the injected emitter, at most once per location per `interval` s.
+
+    Given `busy` and `waiting` (read from the store), it keeps one run per location: it
+    announces a location only when writes wait, nobody holds the location's lease (a run
+    that is applying, or staying for more webhooks, holds it), and the run it announced last
+    has been seen at work or `give_up_after` has passed (a run that failed to start).
+    """
 
     emit: Callable[[str], None]
     """Announce that a location has writes planned (e.g. emit a Prefect event)."""
     interval: float = 5.0
-    settled: Callable[[str, datetime], bool] | None = None
-    """Whether every write of the location planned up to a moment is done (or given up):
-    the announced run has applied them. While it has not, notices only mark the location,
-    and it is announced again once they are (so one run is in flight per location)."""
+    busy: Callable[[str], bool] | None = None
+    """Whether someone holds the location's lease now (a run, or the schedule)."""
+    waiting: Callable[[str], bool] | None = None
+    """Whether the location has writes planned and not yet sent."""
     give_up_after: float = 120.0
-    """A run that has not taken the writes by then (failed, queued): announce again."""
     check_every: float = 1.0
     clock: Callable[[], float] = time.monotonic
     _locations: dict[str, _Emits] = field(default_factory=dict)
@@ -185,28 +190,43 @@ class DebouncedEmitter:
                 self._watch(location_id, state))
 
     async def _watch(self, location_id: str, state: _Emits) -> None:
-        while state.dirty and not self._closed:
-            wait = state.last + self.interval - self.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            state.dirty = False
-            announced = utcnow()
-            state.last = self.clock()
-            state.sent += 1
-            # The emitter may block on the network: keep it off the event loop.
-            await asyncio.to_thread(self._emit_logged, location_id)
-            if self.settled is not None:
-                await self._until_settled(location_id, announced)
-
-    async def _until_settled(self, location_id: str, since: datetime) -> None:
-        deadline = self.clock() + self.give_up_after
-        while not self._closed and self.clock() < deadline:
-            await asyncio.sleep(self.check_every)
-            try:
-                if await asyncio.to_thread(self.settled, location_id, since):  # type: ignore[arg-type]
+        while not self._closed:
+            if self.busy is None or self.waiting is None:
+                if not state.dirty:
                     return
-            except Exception as exc:  # the store failed: wait for the deadline instead
-                log.warning("location %s: could not read the ledger: %s", location_id, exc)
+                await asyncio.sleep(max(0.0, state.last + self.interval - self.clock()))
+                state.dirty = False
+                await self._announce(location_id, state)
+                continue
+            state.dirty = False
+            if await self._ask(self.busy, location_id):
+                state.run_seen = True
+            elif not await self._ask(self.waiting, location_id, default=True):
+                state.run_seen = True  # whoever it was, the writes are done
+                if not state.dirty:
+                    return
+                continue
+            elif self._due(state):
+                await self._announce(location_id, state)
+            await asyncio.sleep(self.check_every)
+
+    def _due(self, state: _Emits) -> bool:
+        since = self.clock() - state.last
+        return since >= self.interval and (state.run_seen or since >= self.give_up_after)
+
+    async def _ask(self, question: Callable[[str], bool], location_id: str,
+                   default: bool = False) -> bool:
+        try:
+            return await asyncio.to_thread(question, location_id)
+        except Exception as exc:  # the store failed: ask again at the next check
+            log.warning("location %s: could not read the store: %s", location_id, exc)
+            return default
+
+    async def _announce(self, location_id: str, state: _Emits) -> None:
+        state.last, state.run_seen = self.clock(), False
+        state.sent += 1
+        # The emitter may block on the network: keep it off the event loop.
+        await asyncio.to_thread(self._emit_logged, location_id)
 
     def _emit_logged(self, location_id: str) -> None:
         try:
@@ -220,13 +240,15 @@ class DebouncedEmitter:
         return state.sent if state else 0
 
     async def aclose(self) -> None:
-        """Stop watching; a location marked since its last announcement is announced once
-        more now, so nothing the receiver committed waits for the schedule."""
+        """Stop watching. Without the store's answers, a location marked since its last
+        announcement is announced once more now."""
         self._closed = True
         tasks = [s.task for s in self._locations.values() if s.task and not s.task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.waiting is not None:
+            return  # what waits is in the ledger: the next receiver or the schedule has it
         for location_id, state in self._locations.items():
             if state.dirty:
                 state.dirty = False
