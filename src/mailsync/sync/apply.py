@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -104,6 +104,7 @@ class ApplyOptions:
                          self.max_failed_attempts)
 
 
+T = TypeVar("T")
 Progress = Callable[[str, int], None]
 _NO_ANSWER = (RefreshFailure.unreachable, RefreshFailure.failed)
 """OAuth refresh failures that say nothing about the token: the token endpoint did not answer."""
@@ -192,7 +193,7 @@ class _Applier:
         ends; notes never sent get their status back, unless the lease was lost and another
         worker may already be settling them.
         """
-        rows = ledger.rows_of(self.engine, sel, pairs)
+        rows = await _in_thread(ledger.rows_of, self.engine, sel, pairs)
         if self.opts.reresolve:
             for r in rows:
                 if r.status == WriteStatus.rejected:
@@ -205,19 +206,26 @@ class _Applier:
             for r in rows:
                 if r.contact_id is not None:
                     by_contact[r.contact_id].append(r)
-            self.settled = ledger.settled_contacts(self.engine, self.location_id, by_contact)
+            self.settled = await _in_thread(ledger.settled_contacts, self.engine,
+                                            self.location_id, list(by_contact))
             if not self.stopping:
                 marked = [r for r in rows if r.contact_id is not None
                           and r.kind == WriteKind.note and r.id not in self.told]
                 self.batch.sending = [r.id for r in marked]
-            self.batch.marked_at = ledger.write(self.engine, self.batch)
+            self.batch.marked_at = await self._store()
             await _all_or_first_error(self._contact(c, rs) for c, rs in by_contact.items())
         finally:
             lost = self.lease is not None and self.lease.lost
             self.batch.sending = []  # only ever stored before the chunk's first note
             self.batch.unsent = [] if lost else [
                 r for r in marked if r.id not in self.sent and r.id not in self.told]
-            ledger.write(self.engine, self.batch)
+            await self._store()
+
+    async def _store(self) -> datetime:
+        """Write what the batch holds (in a thread) and start a new one; the time stamped."""
+        batch = self.batch
+        self.batch = ledger.Batch(self.location_id, marked_at=batch.marked_at)
+        return await _in_thread(ledger.write, self.engine, batch)
 
     async def _resolve(self, rows: list[LedgerRow]) -> None:
         if not rows:
@@ -225,8 +233,8 @@ class _Applier:
         pairs: dict[tuple[str, str], list[LedgerRow]] = defaultdict(list)
         for r in rows:
             pairs[(r.drop_id, r.recipient_key)].append(r)
-        who = load_recipients(self.engine, set(pairs))
-        known = known_contacts(self.engine, self.location_id, who.values())
+        who = await _in_thread(load_recipients, self.engine, set(pairs))
+        known = await _in_thread(known_contacts, self.engine, self.location_id, list(who.values()))
         asks: list[tuple[tuple[str, str], list[LedgerRow]]] = []
         try:
             for pair, its_rows in pairs.items():
@@ -368,6 +376,13 @@ class _Contact:
     """HighLevel's words when it said the contact does not exist."""
 
 
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """A store call, run in a worker thread: one worker applies many locations in one event
+    loop, and a loop held up by the store delays every location's HTTP answers, which skews
+    their pacing (bench/RESULTS.md, section 7). A chunk's reads and writes are few and large."""
+    return await asyncio.to_thread(fn, *args)
+
+
 async def _all_or_first_error(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run side by side; the first error cancels the rest (rather than leaving them running
     against a client about to close) and is raised as itself, not as a group."""
@@ -402,7 +417,7 @@ async def _apply_rows(applier: _Applier) -> None:
     try:
         for cls in opts.write_order:
             part = _pass(sel, cls)
-            pairs = ledger.open_recipients(engine, part)
+            pairs = await _in_thread(ledger.open_recipients, engine, part)
             for start in range(0, len(pairs), opts.chunk_recipients):
                 if applier.stopping:
                     break
