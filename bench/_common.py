@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,7 +34,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 ORDER = ("ratelimit_efficiency", "calls_per_event", "cpu_memory", "locations_speedup",
-         "prefect_overhead", "webhook_latency")
+         "prefect_overhead", "webhook_latency", "scale_out")
 """Section order in RESULTS.md (the order `python -m bench all` runs them)."""
 
 
@@ -56,6 +57,31 @@ def machine() -> str:
         mem = f", {kb / 2**20:.0f} GiB RAM"
     return (f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} cores{mem}, "
             f"Python {platform.python_version()}")
+
+
+# -- the code under test, in child processes ------------------------------------------------
+
+SRC = ROOT / "src"
+
+
+def child_env(src: Path = SRC, **extra: str) -> dict[str, str]:
+    """The environment of a child process that imports mailsync from `src` (by default this
+    tree's own, whichever tree the benchmark runs from, not the installed one)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join((str(src), str(ROOT))), **extra}
+
+
+@contextlib.contextmanager
+def baseline_src(rev: str, paths: tuple[str, ...]) -> Iterator[Path]:
+    """A copy of this tree's `src/` with `paths` as they were at git revision `rev`: the code a
+    change replaced, measured beside it in one run, with everything else the same."""
+    with tempfile.TemporaryDirectory(prefix="mailsync-bench-baseline-") as d:
+        base = Path(d)
+        shutil.copytree(SRC, base / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in paths:
+            old = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT,
+                                 capture_output=True, check=True).stdout
+            (base / path).write_bytes(old)
+        yield base / "src"
 
 
 # -- the sandbox in a child process ----------------------------------------------------------
@@ -89,7 +115,7 @@ class SandboxProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bench._sandbox_proc", "--port", str(self.port),
                  "--config", json.dumps(self.config)],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.admin = httpx.Client(base_url=self.url + "/_sandbox", timeout=120)
             deadline = time.monotonic() + 60  # 100k-event scenarios take a while to build
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -162,6 +188,18 @@ class SandboxProcess:
     def contacts(self, location: str) -> list[dict[str, Any]]:
         """The location's HighLevel contacts."""
         return self.call("GET", "/highlevel/state", params={"location": location})["contacts"]
+
+    def state(self) -> dict[str, Any]:
+        """HighLevel's state: every contact with its tags and notes (for `end_state`)."""
+        return self.call("GET", "/highlevel/state")
+
+    def truth(self) -> dict[str, Any]:
+        """Postalytics' ground truth: every campaign's events (for `end_state`)."""
+        return self.call("GET", "/postalytics/events")
+
+    def recipients(self) -> list[dict[str, Any]]:
+        """Every recipient, with the HighLevel contact each has (for `end_state`)."""
+        return self.call("GET", "/postalytics/recipients")["recipients"]
 
     def advance_all(self, step_hours: float = 24.0, max_steps: int = 60) -> int:
         """Advance until every scheduled event is emitted; returns how many there are."""
