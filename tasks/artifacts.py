@@ -12,10 +12,11 @@ Only the progress of a location's apply stays with its task.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -142,13 +143,31 @@ def start_progress(location_id: str, description: str) -> UUID | None:
         return None
 
 
-async def update_progress(artifact_id: UUID | None, percent: float) -> None:
-    """Move a progress artifact (awaited inside the apply's event loop; errors only logged)."""
+@contextlib.asynccontextmanager
+async def progress_client() -> AsyncIterator[Any]:
+    """A Prefect API client for one apply's progress updates, or None if none can be
+    opened (each update then opens its own): progress never fails an apply."""
+    from prefect import get_client
+
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            client = await stack.enter_async_context(get_client())
+        except Exception as exc:
+            log.warning("progress client not opened: %s", redact(exc))
+            client = None
+        yield client
+
+
+async def update_progress(artifact_id: UUID | None, percent: float,
+                          client: Any = None) -> None:
+    """Move a progress artifact (awaited inside the apply's event loop, with the apply's
+    `progress_client()`; errors only logged)."""
     from prefect.artifacts import aupdate_progress_artifact
 
     if artifact_id is None:
         return
     try:
-        await aupdate_progress_artifact(artifact_id, max(0.0, min(100.0, percent)))
+        await aupdate_progress_artifact(artifact_id, max(0.0, min(100.0, percent)),
+                                        client=client)
     except Exception as exc:
         log.warning("progress artifact not updated: %s", redact(exc))

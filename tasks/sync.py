@@ -37,7 +37,7 @@ from mailsync.sync.apply import ApplyOptions, ApplyResult, Stop
 from mailsync.sync.context import SyncContext
 from mailsync.sync.failures import describe_failure
 from mailsync.sync.fetch import CampaignResult
-from tasks.artifacts import RunArtifacts, start_progress, update_progress
+from tasks.artifacts import RunArtifacts, progress_client, start_progress, update_progress
 from tasks.context import build_context
 
 PROGRESS_EVERY = 2.0
@@ -160,23 +160,27 @@ async def _apply_with_progress(ctx: SyncContext, location_id: str, opts: ApplyOp
         window.last = utcnow()
         window.first = window.first or window.last
 
-    async def ticker() -> None:
+    async def ticker(client: Any) -> None:
         # Updates ride the apply's own event loop, so they never block its HTTP calls.
         last = -1
         while True:
             await asyncio.sleep(PROGRESS_EVERY)
             if done != last:
                 last = done
-                await update_progress(artifact_id, 100.0 * done / max(total, 1))
+                await update_progress(artifact_id, 100.0 * done / max(total, 1), client)
 
-    tick = asyncio.create_task(ticker()) if artifact_id is not None else None
-    try:
+    if artifact_id is None:
         return await runner.apply(ctx, location_id, opts, progress)
-    finally:
-        if tick is not None:
+    # One client for the apply's updates: a client per update would open a connection and
+    # ask the server for a CSRF token each time (two requests per update, not one).
+    async with progress_client() as client:
+        tick = asyncio.create_task(ticker(client))
+        try:
+            return await runner.apply(ctx, location_id, opts, progress)
+        finally:
             tick.cancel()
             await asyncio.gather(tick, return_exceptions=True)
-            await update_progress(artifact_id, 100.0)
+            await update_progress(artifact_id, 100.0, client)
 
 
 @task(name="apply-location", task_run_name="apply-{location_id}", retries=1,

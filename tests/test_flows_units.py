@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -56,6 +56,69 @@ def test_publish_table_uses_part_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [n for _, n in made] == [500, 500, 1]
     made.clear()
     assert artifacts.publish_table("k", [], "none") == ["k"] and made == [("k", 0)]
+
+
+class _Client:
+    """Stands in for a Prefect API client: counts how often one is opened."""
+
+    opened: ClassVar[list[_Client]] = []
+
+    async def __aenter__(self) -> _Client:
+        _Client.opened.append(self)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def test_progress_updates_of_an_apply_share_one_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import uuid
+
+    import prefect
+    import prefect.artifacts
+
+    # A client per update cost a TLS context (~30 ms of CPU in the apply's loop), a
+    # connection and a CSRF request each time (bench/RESULTS.md, section 5).
+    seen: list[Any] = []
+
+    async def update(artifact_id: Any, progress: float, description: str | None = None,
+                     client: Any = None) -> Any:
+        seen.append((progress, client))
+        return artifact_id
+
+    _Client.opened = []
+    monkeypatch.setattr(prefect, "get_client", _Client)
+    monkeypatch.setattr(prefect.artifacts, "aupdate_progress_artifact", update)
+
+    async def apply() -> None:
+        async with artifacts.progress_client() as client:
+            for pct in (10.0, 55.5, 130.0):
+                await artifacts.update_progress(uuid.uuid4(), pct, client)
+
+    asyncio.run(apply())
+    assert len(_Client.opened) == 1
+    assert seen == [(10.0, _Client.opened[0]), (55.5, _Client.opened[0]),
+                    (100.0, _Client.opened[0])]
+
+
+def test_progress_without_a_client_never_fails_the_apply(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import asyncio
+
+    import prefect
+
+    class Down(_Client):
+        async def __aenter__(self) -> _Client:
+            raise RuntimeError("Prefect API unreachable")
+
+    monkeypatch.setattr(prefect, "get_client", Down)
+
+    async def apply() -> Any:
+        async with artifacts.progress_client() as client:
+            return client
+
+    assert asyncio.run(apply()) is None
 
 
 def test_resolver_prefers_block_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
