@@ -28,6 +28,7 @@ from mailsync.sync.notes import marker_for
 from mailsync.sync.plan import plan_writes
 from mailsync.sync.settle import SettleResult, settle_location
 from tests.fake_highlevel import (
+    CAMPAIGN,
     LOC,
     T0,
     FakeHighLevel,
@@ -183,6 +184,48 @@ def test_a_carried_contact_id_that_is_gone_is_not_used_again(engine):
     apply(engine, fake)
     assert all(r.status == WriteStatus.done and r.contact_id == "new" for r in rows(engine))
     assert fake.calls("GET|POST", "/contacts/gone-id/.*") == 1  # asked once, never again
+
+
+# -- HighLevel down ---------------------------------------------------------------------------
+
+
+def _many_contacts(engine: Any, fake: FakeHighLevel, contacts: int) -> None:
+    """Two events (a tag and a note each) for each of `contacts` recipients with a contact."""
+    evs = []
+    for n in range(contacts):
+        fake.add(f"c{n}", f"p{n}@example.com")
+        evs += [MailEvent(key=f"e:500:{n}:{i}", drop_id="500", recipient_key=f"d:{n}",
+                          code=("Mailed", "InTransit")[i], event_at=T0 + timedelta(hours=i),
+                          email=f"p{n}@example.com", carried_contact_id=f"c{n}")
+                for i in range(2)]
+    with Session(engine) as s:
+        insert_ignore(s, evs)
+        insert_ignore(s, plan_writes(evs, CAMPAIGN))
+        s.commit()
+
+
+def test_an_unreachable_highlevel_stops_the_location_at_once_and_loses_nothing(engine):
+    fake = FakeHighLevel()
+    _many_contacts(engine, fake, 40)
+
+    async def down(request: httpx.Request) -> httpx.Response | None:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    fake.hooks.append(down)
+    result = apply(engine, fake)
+    assert result.stopped == Stop.unreachable
+    # Only the calls already in flight when the first one failed (8 side by side, 2 tries
+    # each), not 40 contacts' worth of retries and timeouts.
+    assert len(fake.requests) <= 16, len(fake.requests)
+    waiting = rows(engine)
+    tried = {r.contact_id for r in waiting if r.status == WriteStatus.failed}  # tried again
+    assert len(tried) <= 8 and {r.status for r in waiting} <= {WriteStatus.pending,
+                                                                WriteStatus.failed}
+    assert {r.reason_code for r in waiting} == {Reason.unanswered}
+    fake.hooks.clear()
+    assert apply(engine, fake).stopped is None
+    assert {r.status for r in rows(engine)} == {WriteStatus.done}
+    assert all(len(c["notes"]) == 2 for c in fake.contacts.values())  # each note once
 
 
 # -- leases ---------------------------------------------------------------------------------

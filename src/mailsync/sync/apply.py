@@ -59,6 +59,7 @@ class Stop(StrEnum):
     lease_held_elsewhere = "another worker holds this location's lease"
     lease_lost = "lost the location's lease to another worker"
     daily_quota = "HighLevel's daily request budget for the location is nearly spent"
+    unreachable = "HighLevel did not answer; the location's other writes wait for the next run"
 
 
 @dataclass
@@ -181,6 +182,10 @@ class _Applier:
         self.result.calls += 1
         if outcome.status == "deferred":
             self.stop = Stop.daily_quota
+        elif outcome.unreachable:
+            # Every retry of every other call would wait out its own timeouts (20 contacts
+            # took ~30 s with HighLevel down): one call that never reached it is enough.
+            self.stop = Stop.unreachable
         self._queue(row_outcomes(rows, outcome))
 
     async def run_chunk(self, sel: Selection, pairs: list[tuple[str, str]]) -> None:
@@ -255,6 +260,8 @@ class _Applier:
                         return
                     res = await ask(self.engine, self.hl, known, who[pair],
                                     create_missing=pair[0] in self.opts.create_missing)
+                if res.unreachable:
+                    self.stop = Stop.unreachable
                 failpoints.hit("resolved")
                 self._resolved(its_rows, res)
 
@@ -311,6 +318,8 @@ class _Applier:
         self.result.calls += 1
         self.result.settle_reads += first
         if listing.status != "ok":
+            if listing.unreachable:
+                self.stop = Stop.unreachable
             if listing.contact_gone:
                 c.gone = listing.reason
             # Cannot tell which notes landed. Before this store's first note to the contact
@@ -424,6 +433,8 @@ async def _apply_rows(applier: _Applier) -> None:
                 await applier.run_chunk(part, pairs[start:start + opts.chunk_recipients])
         if applier.stop == Stop.daily_quota:
             ledger.defer_open(engine, sel, Reason.daily_quota)
+        elif applier.stop == Stop.unreachable:
+            ledger.defer_open(engine, sel, Reason.unanswered, Stop.unreachable.value)
     except AuthError as exc:
         # The location's token was refused, or no token could be had: say so on every row
         # that waits for it, so the report can tell support what to do; they stay open.

@@ -74,6 +74,8 @@ class Resolution:
     reason: Reason | None = None
     detail: str | None = None
     http_status: int | None = None
+    unreachable: bool = False
+    """The lookup never reached HighLevel (refused, DNS, connect timeout)."""
 
 
 _EVENTS = MailEvent.__table__  # type: ignore[attr-defined]
@@ -236,7 +238,7 @@ async def _look_up(engine: Engine, hl: HighLevelClient, known: Known,
                           outcome.reason, outcome.http_status)
     # failed, unknown, deferred: HighLevel did not answer; try again next run
     return Resolution(None, MatchedBy.none, Resolved.retry, Reason.lookup_unanswered,
-                      outcome.reason, outcome.http_status)
+                      outcome.reason, outcome.http_status, outcome.unreachable)
 
 
 async def _create(hl: HighLevelClient, known: Known, who: Recipient) -> Resolution:
@@ -251,7 +253,8 @@ async def _create(hl: HighLevelClient, known: Known, who: Recipient) -> Resoluti
         return Resolution(None, MatchedBy.none, Resolved.rejected, Reason.create_refused,
                           outcome.reason, outcome.http_status)
     return Resolution(None, MatchedBy.none, Resolved.retry, Reason.lookup_unanswered,
-                      f"creating the contact: {outcome.reason}", outcome.http_status)
+                      f"creating the contact: {outcome.reason}", outcome.http_status,
+                      outcome.unreachable)
 
 
 def _matches_email(contact: Any, email: str) -> bool:
