@@ -206,7 +206,7 @@ def _many_contacts(engine: Any, fake: FakeHighLevel, contacts: int) -> None:
 
 def test_an_unreachable_highlevel_stops_the_location_at_once_and_loses_nothing(engine):
     fake = FakeHighLevel()
-    _many_contacts(engine, fake, 40)
+    _many_contacts(engine, fake, 20)
 
     async def down(request: httpx.Request) -> httpx.Response | None:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
@@ -215,7 +215,7 @@ def test_an_unreachable_highlevel_stops_the_location_at_once_and_loses_nothing(e
     result = apply(engine, fake)
     assert result.stopped == Stop.unreachable
     # Only the calls already in flight when the first one failed (8 side by side, 2 tries
-    # each), not 40 contacts' worth of retries and timeouts.
+    # each), not 20 contacts' worth of retries and timeouts.
     assert len(fake.requests) <= 16, len(fake.requests)
     waiting = rows(engine)
     tried = {r.contact_id for r in waiting if r.status == WriteStatus.failed}  # tried again
