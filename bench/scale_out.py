@@ -63,6 +63,7 @@ QUICK_SCALE = 0.5
 LIMIT_RECIPIENTS, CPU_RECIPIENTS, QUICK_RECIPIENTS = 50, 12, 12
 """Recipients per location: ~8 HighLevel requests each, so 50 fill about four windows."""
 TARGET = 0.95  # of the allowed rate, as for one location (section 1)
+THROTTLED_TARGET = 0.1  # % of requests answered 429, as for one location (section 1)
 LEASE_TTL = DEFAULT_TTL.total_seconds()  # as shipped: renewed every third of it
 QUICK_TTL = 10.0
 POLL = 1.0  # how often a worker looks again at locations another worker holds
@@ -460,6 +461,11 @@ def _row(label: str, r: dict[str, Any]) -> list[Any]:
             f"{100 * r['cpu_busy']:.0f} %", " / ".join(f"{m:.0f}" for m in r["peak_rss_mib"])]
 
 
+def _label(r: dict[str, Any]) -> str:
+    return (f"{r['workers']} worker(s), one killed" if r.get("killed_after_s") is not None
+            else f"{r['workers']} worker(s)")
+
+
 def add_figures(rep: Report, limit: list[dict], kill: dict, cpu: list[dict]) -> None:
     """Figures beside their targets."""
     for r in limit:
@@ -476,8 +482,13 @@ def add_figures(rep: Report, limit: list[dict], kill: dict, cpu: list[dict]) -> 
     rep.add("runs whose HighLevel end state is exact (nothing missing, nothing twice)",
             sum(r["exact"] for r in runs), f"{len(runs)} of {len(runs)}",
             all(r["exact"] for r in runs), fmt="{:.0f}")
-    rep.add("429s, every run", sum(r["throttled"] for r in runs), "0",
-            all(r["throttled"] == 0 for r in runs), fmt="{:.0f}")
+    rep.add("429s, every run (each retried; counted in the end state's check)",
+            sum(r["throttled"] for r in runs), fmt="{:.0f}")
+    for r in [*limit, kill]:
+        share = 100 * r["throttled"] / max(r["times"], 1)
+        rep.add(f"429s / HighLevel requests, {_label(r)}", share,
+                f"≤ {THROTTLED_TARGET:g} % (section 1)", share <= THROTTLED_TARGET,
+                fmt="{:.2f} %")
     rep.add("peak RSS of a worker, largest (MiB)",
             max(m for r in runs for m in r["peak_rss_mib"]), fmt="{:.0f}")
     one = limit[0]
@@ -532,7 +543,15 @@ def add_tables(rep: Report, limit: list[dict], kill: dict, cpu: list[dict],
         f"(median) after the kill; it read {kill['notes_read']:,} contacts' notes against "
         f"{limit[1]['notes_read'] if len(limit) > 1 else 0:,} in the run without a kill "
         "(each contact of the dead worker's unfinished chunks is read once before its next "
-        "note; none was sent twice).",
+        "note; none was sent twice).", "",
+        "**429s** (answered, retried after a back-off, none lost): the first windows filled "
+        "past 1.0 in the runs with more than one worker, where a location's lease named up "
+        "to " + ", ".join(f"{r['holders_per_location']} ({_label(r)})" for r in [*limit, kill])
+        + " holders over the run. A worker that takes a location over starts with a fresh "
+        "pacer that does not know the requests the last holder sent in HighLevel's current "
+        "window; it learns them from the first answer's `X-RateLimit-Remaining`, by which "
+        "time its first burst is out. That is the likely source with several workers (not "
+        "proven here); the 1-worker run's 0.11 % is not explained by it.",
     ]
 
 
