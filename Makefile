@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Long proof tests (crash loops, soak, Prefect end-to-end) are marked slow; .ci/run includes them.
 MARKERS ?= not slow
+# Test files run side by side, one per core (pytest-xdist); TEST_WORKERS=0 runs them in turn.
+TEST_WORKERS ?= auto
 PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -25,7 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@scripts/ensure-chromium
-	$(BIN)/pytest -m "$(MARKERS)" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "$(MARKERS)" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(MAKE) test MARKERS=""

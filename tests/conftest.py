@@ -17,6 +17,9 @@ pytest_plugins = ["tests.sandbox_fixtures", "tests.prefect_server"]
 PG_URL = os.environ.get("MAILSYNC_TEST_DATABASE_URL", "")
 REQUIRE_PG = os.environ.get("MAILSYNC_REQUIRE_POSTGRES") == "1"
 _pg_ran = 0
+"""PostgreSQL schemas this process created for tests."""
+_pg_reported = 0
+"""PostgreSQL-backed tests, as their reports say (from every xdist worker)."""
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -90,5 +93,21 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(name)
 
 
+@pytest.fixture(autouse=True)
+def _tell_postgres_use(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Carried on the test's report, so the count holds when xdist workers run the tests.
+    before = _pg_ran
+    yield
+    if _pg_ran > before:
+        request.node.user_properties.append(("mailsync_pg_schemas", _pg_ran - before))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    global _pg_reported
+    if report.when == "teardown" and any(k == "mailsync_pg_schemas"
+                                         for k, _ in report.user_properties):
+        _pg_reported += 1
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
-    terminalreporter.write_line(f"mailsync: {_pg_ran} PostgreSQL-backed tests ran")
+    terminalreporter.write_line(f"mailsync: {_pg_reported} PostgreSQL-backed tests ran")

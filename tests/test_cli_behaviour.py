@@ -133,6 +133,7 @@ def test_since_reads_the_same_everywhere_and_out_writes_the_files(tmp_path: Path
 
 # -- an API down: one line, once, naming it ----------------------------------------------------
 
+@pytest.mark.slow
 def test_postalytics_down_is_told_once_naming_the_host_and_the_campaigns(
         tmp_path: Path) -> None:
     with rig(tmp_path, contacts=10) as r:

@@ -22,6 +22,7 @@ def _finish(r) -> None:  # type: ignore[no-untyped-def]
     assert end.exact, end.describe()
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun_is_exact(tmp_path):
     rnd = random.Random(20261126)
     with rig(tmp_path, contacts=60, time_scale=0.5, messy=True) as r:

@@ -125,6 +125,7 @@ def test_plain_http_is_refused_except_on_loopback():
 
 # --- secrets --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_no_secret_in_logs_reports_database_or_errors_after_a_faulty_run(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     with rig(tmp_path, contacts=40, messy=True, timeout=0.5) as r:

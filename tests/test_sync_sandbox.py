@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from sqlmodel import Session, col, func, select
 
 from mailsync.store.models import QuarantinedEvent, WriteIntent
@@ -18,6 +19,7 @@ def ledger(ctx, *where):  # type: ignore[no-untyped-def]
         return s.exec(select(WriteIntent).where(*where)).all()
 
 
+@pytest.mark.slow
 def test_faulty_rounds_end_exact_and_unmatched_recipients_are_rejected(tmp_path):
     with rig(tmp_path, messy=True, timeout=0.5) as r:
         r.sb.set_faults(FAULTS)
@@ -51,6 +53,7 @@ def test_dry_run_plans_but_writes_nothing(tmp_path):
         assert r.end().missing_notes  # nothing reached HighLevel
 
 
+@pytest.mark.slow
 def test_retrigger_code_fires_on_every_visit(tmp_path):
     """A later visit removes the tag an earlier run added, then adds it again."""
     with rig(tmp_path, seed=5, contacts=60,
@@ -96,6 +99,7 @@ def test_create_missing_contacts_upserts_them_without_tags_and_writes_to_them(tm
         assert rejected == []
 
 
+@pytest.mark.slow
 def test_quota_running_out_mid_contact_leaves_unsent_notes_pending(tmp_path, db_url):
     with rig(tmp_path, db_url) as r:
         r.sb.advance(72)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import pytest
 from sqlmodel import Session, col, or_, select
 
 from mailsync.store.leases import acquire_lease, release_lease
@@ -25,6 +26,7 @@ def stored_for(engine, drop_id: str, event_id: str) -> MailEvent | None:  # type
             or_(MailEvent.key == key, MailEvent.poll_key == key))).first()
 
 
+@pytest.mark.slow
 def test_duplicated_reordered_and_lost_webhooks_plus_the_poll_leave_highlevel_exact(
         tmp_path, db_url):
     with webhook_rig(tmp_path, db_url, seed=3, contacts=40) as w:
@@ -84,6 +86,7 @@ def test_writes_follow_the_webhooks_without_any_poll(tmp_path):
         assert end.exact, end.describe()
 
 
+@pytest.mark.slow
 def test_webhook_writes_wait_while_the_sync_holds_the_location(tmp_path):
     with webhook_rig(tmp_path, seed=5, contacts=45) as w:
         engine = w.ctx.engine
@@ -112,6 +115,7 @@ def test_webhook_writes_wait_while_the_sync_holds_the_location(tmp_path):
         assert w.rig.end().exact
 
 
+@pytest.mark.slow
 def test_webhooks_to_a_wrong_key_are_refused_and_the_poll_writes_every_event(tmp_path):
     with webhook_rig(tmp_path, seed=3, contacts=30) as w:
         wrong = {d: w.url(d, key="an-old-rotated-key-000") for d in w.drops()}
@@ -125,6 +129,7 @@ def test_webhooks_to_a_wrong_key_are_refused_and_the_poll_writes_every_event(tmp
         assert w.rig.end().exact
 
 
+@pytest.mark.slow
 def test_namesakes_in_one_zip_each_get_their_own_writes(tmp_path):
     with webhook_rig(tmp_path, seed=5, contacts=45) as w:
         people = w.sb.sandbox.scenario.recipients

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from mailsync.report.build import build_report
 from mailsync.report.render import markdown_summary, report_dict, write_report_files
 from mailsync.report.webhooks import SINCE_LAST_RUN
 from tests.webhook_helpers import webhook_rig
 
 
+@pytest.mark.slow
 def test_per_run_and_campaign_webhooks_lost_deliveries_and_latency(tmp_path):
     with webhook_rig(tmp_path, seed=3, contacts=40) as w:
         w.sb.set_webhooks({d: w.url(d) for d in w.drops()}, lost_rate=0.1, duplicate_rate=0.1)
