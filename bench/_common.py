@@ -15,6 +15,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -368,3 +369,15 @@ def finish(report: Report, args: argparse.Namespace, started: float, argv: list[
     write_section(report, args.results)
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report), indent=2, default=str))
+
+
+def stop_group(proc: subprocess.Popen[Any]) -> None:
+    """Stop a process we started in a session of its own (and its children), politely
+    first."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)

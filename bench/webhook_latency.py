@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from bench._common import (
     md_table,
     parser,
     sandbox_env,
+    stop_group,
     workdir,
 )
 
@@ -67,17 +67,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
     raise RuntimeError(f"{url} did not answer")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process we started (and its group), politely first."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-
-
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -94,7 +83,7 @@ def receiver(config: Path, env: dict[str, str], tmp: Path) -> Iterator[str]:
         _wait_http(base + "/healthz", proc)
         yield base
     finally:
-        _stop(proc)
+        stop_group(proc)
 
 
 @contextlib.contextmanager
@@ -128,8 +117,8 @@ def prefect_stack(tmp: Path, config: Path, env: dict[str, str]) -> Iterator[dict
         yield client
     finally:
         if worker is not None:
-            _stop(worker)
-        _stop(server)
+            stop_group(worker)
+        stop_group(server)
 
 
 # -- the sandbox's webhooks -----------------------------------------------------------------

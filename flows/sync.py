@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from prefect import flow, unmapped
@@ -16,7 +15,7 @@ from tasks.sync import apply_location, begin_run, fetch_and_plan, finish_run
 
 @flow(name="sync-campaigns", task_runner=task_runner(), persist_result=False,
       description="Fetch new Postalytics events and write them to HighLevel as tags and notes.")
-async def sync_campaigns(
+def sync_campaigns(
     campaigns: list[str] = [],  # noqa: B006 (never mutated; the UI shows an empty list)
     dry_run: bool = False,
     lookback_hours: Annotated[float, Field(ge=0)] = 0,
@@ -37,15 +36,6 @@ async def sync_campaigns(
         lease_wait_seconds: How long to wait for a location another worker is applying
             before leaving its rows to the next run.
     """
-    # Async only for Prefect's engine: after a sync flow completes, it joins its heartbeat
-    # thread, which sleeps in whole seconds (up to 1 s per run, bench/RESULTS.md section 5).
-    # The body runs in a thread, where Prefect's task calls and artifacts stay synchronous.
-    return await asyncio.to_thread(_sync, campaigns, dry_run, lookback_hours, max_pages,
-                                   config_path, lease_wait_seconds)
-
-
-def _sync(campaigns: list[str], dry_run: bool, lookback_hours: float, max_pages: int,
-          config_path: str, lease_wait_seconds: float) -> dict[str, Any]:
     # The UI's form sends 0 and "" for "not set": the library's None.
     config_path, lookback, pages = config_path or None, lookback_hours or None, max_pages or None
     plan = begin_run(config_path, "sync", campaigns, dry_run)
