@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mailsync.store.runs import ErrorKind, RunError, Scope
 from mailsync.sync.runner import ErrorGroup, grouped_errors, run_error
+from tasks.artifacts import RunArtifacts, publish
+
+T = TypeVar("T")
 
 TASK_WORKERS = int(os.environ.get("MAILSYNC_TASK_WORKERS", "8"))
 """Threads per flow run. Prefect's default pool is unbounded; each thread is one campaign's
@@ -57,3 +61,23 @@ def collect(futures: Sequence[PrefectFuture[Any]], names: Sequence[str],
             errors.append(run_error(scope, name, exc) if isinstance(exc, BaseException) else
                           RunError(scope, name, ErrorKind.internal, state.message or "crashed"))
     return results, errors
+
+
+async def in_thread(body: Callable[..., T], *args: Any) -> T:
+    """Run a flow's synchronous body (its tasks and futures) in a worker thread.
+
+    The flows are async because after a sync flow completes, Prefect's engine waits up to a
+    second for its heartbeat thread (bench/RESULTS.md, section 5). In the thread, Prefect's
+    own functions still see an async flow run and return coroutines: a body calls tasks
+    only, and the flow awaits `finish` for its artifacts.
+    """
+    return await asyncio.to_thread(body, *args)
+
+
+async def finish(artifacts: RunArtifacts, errors: Sequence[RunError]) -> dict[str, Any]:
+    """Publish the run's artifacts (the flow run's own), then fail the run if a step failed:
+    the run shows as failed, with its summary saying why."""
+    out = await publish(artifacts)
+    if errors:
+        raise RunFailed(errors)
+    return out

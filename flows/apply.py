@@ -15,14 +15,14 @@ from typing import Annotated, Any
 from prefect import flow, unmapped
 from pydantic import Field
 
-from flows._common import RunFailed, collect, task_runner
-from mailsync.store.runs import Scope
+from flows._common import RunFailed, collect, in_thread, task_runner
+from mailsync.store.runs import RunError, Scope
 from tasks.webhook_events import LINGER_SECONDS, apply_and_stay
 
 
 @flow(name="apply-locations", task_runner=task_runner(), persist_result=False,
       description="Write the planned rows of the given HighLevel locations now.")
-def apply_locations(
+async def apply_locations(
     locations: Annotated[list[str], Field(min_length=1)],
     config_path: str = "",
     lease_wait_seconds: Annotated[float, Field(ge=0)] = 60.0,
@@ -39,14 +39,20 @@ def apply_locations(
             the next run.
         linger_seconds: How long to stay after the last write for more webhooks' writes.
     """
-    config_path = config_path or None  # the UI's form sends "" for "not set"
     wanted = sorted(set(locations))
-    applies = apply_and_stay.map(unmapped(config_path), wanted,
-                                 linger_seconds=linger_seconds,
-                                 lease_wait_seconds=lease_wait_seconds)
-    applied, errors = collect(applies, wanted, Scope.location)
+    # The UI's form sends "" for "not set".
+    applied, errors = await in_thread(_apply, wanted, config_path or None, linger_seconds,
+                                      lease_wait_seconds)
     out = {"locations": {r["location_id"]: r for r in applied},
            "errors": [str(e) for e in errors]}
     if errors:
         raise RunFailed(errors)
     return out
+
+
+def _apply(wanted: list[str], config_path: str | None, linger_seconds: float,
+           lease_wait_seconds: float) -> tuple[list[Any], list[RunError]]:
+    applies = apply_and_stay.map(unmapped(config_path), wanted,
+                                 linger_seconds=linger_seconds,
+                                 lease_wait_seconds=lease_wait_seconds)
+    return collect(applies, wanted, Scope.location)

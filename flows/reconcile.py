@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from prefect import flow, unmapped
 from pydantic import Field
 
-from flows._common import RunFailed, collect, task_runner
+from flows._common import collect, finish, in_thread, task_runner
 from mailsync.store.models import utcnow
-from mailsync.store.runs import Scope
-from tasks.artifacts import publish
+from mailsync.store.runs import RunError, Scope
+from tasks.artifacts import RunArtifacts
 from tasks.reconcile import locations, report, verify_location
 
 
 @flow(name="reconcile", task_runner=task_runner(), persist_result=False,
       description="Report every write that was rejected or missed; optionally verify.")
-def reconcile(
+async def reconcile(
     since_hours: Annotated[float, Field(ge=0)] = 0,
     verify: bool = False,
     fix: bool = False,
@@ -34,15 +34,17 @@ def reconcile(
         config_path: Config file on the worker; empty means $MAILSYNC_CONFIG.
     """
     since = utcnow() - timedelta(hours=since_hours) if since_hours else None
-    config_path = config_path or None  # type: ignore[assignment]  # "" from the UI: not set
+    # The UI's form sends "" for "not set".
+    artifacts, errors = await in_thread(_reconcile, since, verify, fix, config_path or None)
+    return await finish(artifacts, errors)
+
+
+def _reconcile(since: datetime | None, verify: bool, fix: bool, config_path: str | None
+               ) -> tuple[RunArtifacts, list[RunError]]:
     verified: list[Any] = []
-    errors: list[str] = []
+    errors: list[RunError] = []
     if verify:
         locs = locations(config_path)
         checks = verify_location.map(unmapped(config_path), locs, since=since, fix=fix)
         verified, errors = collect(checks, locs, Scope.location)
-    # Published here, in the flow's body, so the artifacts are the flow run's own.
-    out = publish(report(config_path, since, verified))
-    if errors:
-        raise RunFailed(errors)
-    return out
+    return report(config_path, since, verified), errors

@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 from prefect import flow, unmapped
 from pydantic import Field, WithJsonSchema
 
-from flows._common import RunFailed, collect, task_runner
-from mailsync.store.runs import Scope
+from flows._common import collect, finish, in_thread, task_runner
+from mailsync.store.runs import RunError, Scope
 from mailsync.sync.runner import REPLAY_STATUSES
-from tasks.artifacts import publish
+from tasks.artifacts import RunArtifacts
 from tasks.sync import apply_location, begin_run, finish_run
 
 ReplayStatus = Literal["pending", "rejected", "failed", "unknown"]
@@ -19,7 +19,7 @@ ReplayStatus = Literal["pending", "rejected", "failed", "unknown"]
 
 @flow(name="replay", task_runner=task_runner(), persist_result=False,
       description="Re-send every selected write that is not done (after fixing the cause).")
-def replay(
+async def replay(
     statuses: Annotated[list[ReplayStatus], Field(min_length=1)] = list(REPLAY_STATUSES),  # noqa: B006
     campaigns: list[str] = [],  # noqa: B006 (never mutated; the UI shows an empty list)
     since: Annotated[datetime | None, WithJsonSchema(
@@ -39,16 +39,20 @@ def replay(
     """
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    config_path = config_path or None  # the UI's form sends "" for "not set"
+    # The UI's form sends "" for "not set".
+    artifacts, errors = await in_thread(_replay, list(statuses), campaigns, since,
+                                        config_path or None, lease_wait_seconds)
+    return await finish(artifacts, errors)
+
+
+def _replay(statuses: list[str], campaigns: list[str], since: datetime | None,
+            config_path: str | None, lease_wait_seconds: float
+            ) -> tuple[RunArtifacts, list[RunError]]:
     plan = begin_run(config_path, "replay", campaigns)
     applies = apply_location.map(unmapped(config_path), plan.locations,
                                  statuses=unmapped(list(statuses)),
                                  drop_ids=unmapped(campaigns or None), since=since,
                                  reresolve=True, lease_wait_seconds=lease_wait_seconds)
     applied, errors = collect(applies, plan.locations, Scope.location)
-    # Published here, in the flow's body, so the artifacts are the flow run's own.
-    out = publish(finish_run(config_path, plan, "replay", False, [], applied, errors,
-                             drop_ids=campaigns or None))
-    if errors:
-        raise RunFailed(errors)
-    return out
+    return finish_run(config_path, plan, "replay", False, [], applied, errors,
+                      drop_ids=campaigns or None), errors

@@ -7,15 +7,15 @@ from typing import Annotated, Any
 from prefect import flow, unmapped
 from pydantic import Field
 
-from flows._common import RunFailed, collect, task_runner
-from mailsync.store.runs import Scope
-from tasks.artifacts import publish
+from flows._common import collect, finish, in_thread, task_runner
+from mailsync.store.runs import RunError, Scope
+from tasks.artifacts import RunArtifacts
 from tasks.sync import apply_location, begin_run, fetch_and_plan, finish_run
 
 
 @flow(name="sync-campaigns", task_runner=task_runner(), persist_result=False,
       description="Fetch new Postalytics events and write them to HighLevel as tags and notes.")
-def sync_campaigns(
+async def sync_campaigns(
     campaigns: list[str] = [],  # noqa: B006 (never mutated; the UI shows an empty list)
     dry_run: bool = False,
     lookback_hours: Annotated[float, Field(ge=0)] = 0,
@@ -36,6 +36,14 @@ def sync_campaigns(
         lease_wait_seconds: How long to wait for a location another worker is applying
             before leaving its rows to the next run.
     """
+    artifacts, errors = await in_thread(_sync, campaigns, dry_run, lookback_hours, max_pages,
+                                        config_path, lease_wait_seconds)
+    return await finish(artifacts, errors)
+
+
+def _sync(campaigns: list[str], dry_run: bool, lookback_hours: float, max_pages: int,
+          config_path: str, lease_wait_seconds: float
+          ) -> tuple[RunArtifacts, list[RunError]]:
     # The UI's form sends 0 and "" for "not set": the library's None.
     config_path, lookback, pages = config_path or None, lookback_hours or None, max_pages or None
     plan = begin_run(config_path, "sync", campaigns, dry_run)
@@ -52,10 +60,5 @@ def sync_campaigns(
                                      lease_wait_seconds=lease_wait_seconds)
         applied, apply_errors = collect(applies, plan.locations, Scope.location)
         errors += apply_errors
-    # Published here, in the flow's body, so the artifacts are the flow run's own.
-    out = publish(finish_run(config_path, plan, "sync", dry_run, fetched, applied, errors,
-                             drop_ids=campaigns or None))
-    if errors:
-        # After the artifacts: the run shows as failed, with its summary saying why.
-        raise RunFailed(errors)
-    return out
+    return finish_run(config_path, plan, "sync", dry_run, fetched, applied, errors,
+                      drop_ids=campaigns or None), errors

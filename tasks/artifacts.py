@@ -60,29 +60,31 @@ def table_chunks(rows: Sequence[Mapping[str, Any]],
     return [clean[i:i + size] for i in range(0, len(clean), size)]
 
 
-def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> list[str]:
+async def publish_table(key: str, rows: Sequence[Mapping[str, Any]],
+                        description: str) -> list[str]:
     """Create one table artifact per chunk: `key`, `key-part-2`, ...; returns the keys used.
 
     An empty table is still published (one artifact saying so), so the key's history shows
     that a run had no problems rather than leaving the previous run's table on top.
     """
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import acreate_table_artifact
 
     chunks = table_chunks(rows) or [[]]
     keys = []
     for i, chunk in enumerate(chunks, 1):
         k = key if i == 1 else f"{key}-part-{i}"
         part = f" (part {i} of {len(chunks)})" if len(chunks) > 1 else ""
-        create_table_artifact(chunk, key=k, description=redact(description + part))
+        await acreate_table_artifact(chunk, key=k, description=redact(description + part))
         keys.append(k)
     return keys
 
 
-def publish_markdown(key: str, markdown: str, description: str) -> None:
+async def publish_markdown(key: str, markdown: str, description: str) -> None:
     """Create a markdown artifact, redacted."""
-    from prefect.artifacts import create_markdown_artifact
+    from prefect.artifacts import acreate_markdown_artifact
 
-    create_markdown_artifact(redact(markdown), key=key, description=redact(description))
+    await acreate_markdown_artifact(redact(markdown), key=key,
+                                    description=redact(description))
 
 
 @dataclass(frozen=True)
@@ -112,20 +114,20 @@ class RunArtifacts:
     tables: list[TableArtifact] = field(default_factory=list)
 
 
-def publish(artifacts: RunArtifacts) -> dict[str, Any]:
-    """Create the artifacts; call it in the flow's own body, so they are the flow run's.
+async def publish(artifacts: RunArtifacts) -> dict[str, Any]:
+    """Create the artifacts; await it in the flow itself, so they are the flow run's.
 
     An artifact Prefect refuses (API down, too large) is logged, never fatal: the ledger,
     not the artifact, is the record. Returns the task's result.
     """
     for md in artifacts.markdown:
         try:
-            publish_markdown(md.key, md.markdown, md.description)
+            await publish_markdown(md.key, md.markdown, md.description)
         except Exception as exc:
             log.warning("artifact %s not created: %s", md.key, redact(exc))
     for table in artifacts.tables:
         try:
-            publish_table(table.key, table.rows, table.description)
+            await publish_table(table.key, table.rows, table.description)
         except Exception as exc:
             log.warning("artifact %s not created: %s", table.key, redact(exc))
     return artifacts.result

@@ -44,18 +44,24 @@ def test_tables_are_chunked_redacted_and_shortened() -> None:
 
 
 def test_publish_table_uses_part_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
     import prefect.artifacts
 
     made: list[tuple[str, int]] = []
-    monkeypatch.setattr(prefect.artifacts, "create_table_artifact",
-                        lambda table, key, description: made.append((key, len(table))))
-    keys = artifacts.publish_table("mailsync-sync-rejected-writes",
-                                   [{"id": i} for i in range(1001)], "rejected")
+
+    async def create(table: list[Any], key: str, description: str) -> None:
+        made.append((key, len(table)))
+
+    monkeypatch.setattr(prefect.artifacts, "acreate_table_artifact", create)
+    keys = asyncio.run(artifacts.publish_table("mailsync-sync-rejected-writes",
+                                               [{"id": i} for i in range(1001)], "rejected"))
     assert keys == ["mailsync-sync-rejected-writes", "mailsync-sync-rejected-writes-part-2",
                     "mailsync-sync-rejected-writes-part-3"]
     assert [n for _, n in made] == [500, 500, 1]
     made.clear()
-    assert artifacts.publish_table("k", [], "none") == ["k"] and made == [("k", 0)]
+    assert asyncio.run(artifacts.publish_table("k", [], "none")) == ["k"]
+    assert made == [("k", 0)]
 
 
 class _Client:
