@@ -72,80 +72,89 @@ BIN = Path(sys.executable).parent
 
 # -- the per-write flow (built only inside the child, where Prefect is imported) -----------
 
-def _per_write_flow() -> Any:
-    from prefect import flow, task, unmapped
+def _write_units(config_path: str, locations: list[str]) -> list[tuple[str, list[int]]]:
+    """(location, row ids) per write: one tags call per contact, one per note."""
     from sqlmodel import Session, col, select
 
-    from flows._common import collect, in_thread, task_runner
+    from mailsync.store.models import WriteIntent, WriteKind, WriteStatus
+    from tasks.context import build_context
+
+    ctx = build_context(config_path)
+    with Session(ctx.engine) as s:
+        rows = s.exec(select(WriteIntent).where(
+            col(WriteIntent.location_id).in_(locations),
+            WriteIntent.status == WriteStatus.pending).order_by(col(WriteIntent.id))).all()
+    tags: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    out: list[tuple[str, list[int]]] = []
+    for r in rows:
+        assert r.id is not None
+        if r.kind == WriteKind.note:
+            out.append((r.location_id, [r.id]))
+        else:
+            tags[(r.location_id, r.drop_id, r.recipient_key)].append(r.id)
+    return [(loc, ids) for (loc, _d, _k), ids in tags.items()] + out
+
+
+async def _write_once(config_path: str, location: str, ids: list[int]) -> str:
+    """One write unit: resolve its contact if needed, one call, its outcome stored through
+    the ledger's own statements, as the batch apply uses them (store/ledger.py)."""
+    from sqlmodel import Session, select
+
     from mailsync.store import ledger
     from mailsync.store.models import WriteIntent, WriteKind, WriteStatus
     from mailsync.store.reasons import Reason
     from mailsync.sync.apply import row_outcomes
     from mailsync.sync.resolve import load_recipients, resolve
-    from tasks.artifacts import publish
     from tasks.context import build_context
-    from tasks.sync import COMMON, begin_run, fetch_and_plan, finish_run
 
-    def units(config_path: str, locations: list[str]) -> list[tuple[str, list[int]]]:
-        """(location, row ids) per write: one tags call per contact, one per note."""
-        ctx = build_context(config_path)
-        with Session(ctx.engine) as s:
-            rows = s.exec(select(WriteIntent).where(
-                col(WriteIntent.location_id).in_(locations),
-                WriteIntent.status == WriteStatus.pending).order_by(col(WriteIntent.id))).all()
-        tags: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-        out: list[tuple[str, list[int]]] = []
-        for r in rows:
-            assert r.id is not None
-            if r.kind == WriteKind.note:
-                out.append((r.location_id, [r.id]))
-            else:
-                tags[(r.location_id, r.drop_id, r.recipient_key)].append(r.id)
-        return [(loc, ids) for (loc, _d, _k), ids in tags.items()] + out
-
-    async def write(config_path: str, location: str, ids: list[int]) -> str:
-        ctx = build_context(config_path)
-        with Session(ctx.engine) as s:
-            first = s.exec(select(WriteIntent).where(WriteIntent.id == ids[0])).one()
-        # The ledger's own statements, as the batch apply uses them (store/ledger.py).
-        rows = [r for r in ledger.rows_of(ctx.engine, ledger.Selection(location),
-                                          [(first.drop_id, first.recipient_key)])
-                if r.id in ids]
-        async with ctx.highlevel(location) as hl:
-            contact = first.contact_id
+    ctx = build_context(config_path)
+    with Session(ctx.engine) as s:
+        first = s.exec(select(WriteIntent).where(WriteIntent.id == ids[0])).one()
+    pair = (first.drop_id, first.recipient_key)
+    rows = [r for r in ledger.rows_of(ctx.engine, ledger.Selection(location), [pair])
+            if r.id in ids]
+    async with ctx.highlevel(location) as hl:
+        contact = first.contact_id
+        if contact is None:
+            res = await resolve(ctx.engine, hl, location, load_recipients(ctx.engine, {pair})[pair],
+                                create_missing=ctx.settings.campaign(
+                                    first.drop_id).create_missing_contacts)
+            contact = res.contact_id
             if contact is None:
-                who = load_recipients(ctx.engine, {(first.drop_id, first.recipient_key)})
-                create = ctx.settings.campaign(first.drop_id).create_missing_contacts
-                res = await resolve(ctx.engine, hl, location,
-                                    who[(first.drop_id, first.recipient_key)],
-                                    create_missing=create)
-                contact = res.contact_id
-                if contact is None:
-                    ledger.mark(ctx.engine, ids, WriteStatus.rejected, reason=res.reason,
-                                detail=res.detail)
-                    return "rejected"
-                ledger.link_rows(ctx.engine, [(i, contact) for i in ids])
-            if first.kind == WriteKind.note:
-                ledger.mark(ctx.engine, ids, WriteStatus.unknown, reason=Reason.sending,
-                            contact_id=contact)
-                outcome = await hl.create_note(contact, first.body or "")
-            else:
-                outcome = await hl.add_tags(contact, sorted({r.tag or "" for r in rows}))
-            ledger.write(ctx.engine, ledger.Batch(location,
-                                                  outcomes=row_outcomes(rows, outcome)))
-            return outcome.status
+                ledger.mark(ctx.engine, ids, WriteStatus.rejected, reason=res.reason,
+                            detail=res.detail)
+                return "rejected"
+            ledger.link_rows(ctx.engine, [(i, contact) for i in ids])
+        if first.kind == WriteKind.note:
+            ledger.mark(ctx.engine, ids, WriteStatus.unknown, reason=Reason.sending,
+                        contact_id=contact)
+            outcome = await hl.create_note(contact, first.body or "")
+        else:
+            outcome = await hl.add_tags(contact, sorted({r.tag or "" for r in rows}))
+        ledger.write(ctx.engine, ledger.Batch(location, outcomes=row_outcomes(rows, outcome)))
+        return outcome.status
+
+
+def _per_write_flow() -> Any:
+    """The shipped flow's tasks, with the apply as one task per write (Prefect imported
+    only here, in the child)."""
+    from prefect import flow, task, unmapped
+
+    from flows._common import collect, in_thread, task_runner
+    from tasks.artifacts import publish
+    from tasks.sync import COMMON, begin_run, fetch_and_plan, finish_run
 
     @task(name="write-one", **COMMON)
     def write_one(config_path: str, unit: tuple[str, list[int]]) -> str:
         """One HighLevel write (one call), in its own event loop like the shipped tasks."""
-        return asyncio.run(write(config_path, unit[0], unit[1]))
+        return asyncio.run(_write_once(config_path, unit[0], unit[1]))
 
     def body(config_path: str) -> tuple[Any, dict[str, Any]]:
         plan = begin_run(config_path, "sync")
         fetches = fetch_and_plan.map(unmapped(config_path), plan.drop_ids,
                                      unmapped(plan.run_id))
         fetched, errors = collect(fetches, plan.drop_ids, "campaign")
-        todo = units(config_path, plan.locations)
+        todo = _write_units(config_path, plan.locations)
         writes = write_one.map(unmapped(config_path), todo)
         done, write_errors = collect(writes, [str(u[1][0]) for u in todo], "write")
         return (finish_run(config_path, plan, "sync", False, fetched, [],

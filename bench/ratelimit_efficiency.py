@@ -196,13 +196,8 @@ def pacer_bound(latency: float, headroom: float, slack: float, window: float = W
     return budget / (window * (1 + slack) + latency)
 
 
-def main(argv: list[str]) -> Report:
-    """Run the benchmark; returns its report (also printed and written)."""
-    args = parser(NAME, __doc__).parse_args(argv)
-    started = time.monotonic()
-    writes = 500 if args.quick else 20_000
-    runs = measure(writes)
-
+def add_figures(rep: Report, runs: list[Run]) -> Run:
+    """The figures beside their targets; returns the shipped pacer's headline run."""
     fast = [r for r in runs if r.time_scale == TIME_SCALE]
     # The headline is the concurrency `apply` really uses; the others say what limits it.
     shipped = next(r for r in fast if r.label == SHIPPED and r.concurrency == CONCURRENCIES[0])
@@ -210,7 +205,6 @@ def main(argv: list[str]) -> Report:
     reachable = min(ALLOWED, ceiling.rate)
     slow_shipped, slow_old = (next(r for r in runs if r.time_scale != TIME_SCALE
                                    and r.label == label) for label in (SHIPPED, FROM_ANSWER))
-    rep = Report(NAME, "1. Rate-limit efficiency (one location, time scale 0.01)", args.quick)
     rep.add(f"achieved / allowed requests/s (shipped pacer, {shipped.concurrency} callers)",
             shipped.rate / ALLOWED, "≥ 0.95", shipped.rate / ALLOWED >= 0.95)
     rep.add("ceiling / allowed: this machine's client and server with no limit at all",
@@ -230,13 +224,18 @@ def main(argv: list[str]) -> Report:
             slow_old.rate / slow_old.allowed)
     rep.add("achieved / the shipped pacer's own bound at 0.1", slow_shipped.rate
             / slow_shipped.bound)
+    return shipped
+
+
+def details(runs: list[Run], writes: int, shipped: Run) -> list[str]:
+    """The runs' table and how to read it."""
     rows = [[r.label, f"{r.time_scale:g}", r.concurrency, f"{r.seconds:.2f}", f"{r.rate:.0f}",
              f"{r.rate / r.allowed:.3f}", f"{1000 * r.latency:.1f}",
              f"{r.bound:.0f}" if r.label != CEILING else "-",
              r.requests, r.throttled,
              f"{1000 * r.cpu_seconds / r.writes:.2f}",
              f"{1000 * r.server_cpu_seconds / r.writes:.2f}"] for r in runs]
-    rep.details += [
+    return [
         f"{writes:,} `add_tags` calls per run to one location at time scale {TIME_SCALE} "
         f"(allowed = {LIMIT} requests per {WINDOW:g} s = {ALLOWED:.0f} requests/s), "
         f"{int(writes * 0.15):,} at time scale 0.1 (100 requests/s). Each run uses a fresh "
@@ -262,6 +261,17 @@ def main(argv: list[str]) -> Report:
         "which side is busy), and the pacer never waits: the figure at 0.01 then measures "
         "the HTTP stack, and the figure at 0.1 measures the pacer.",
     ]
+
+
+def main(argv: list[str]) -> Report:
+    """Run the benchmark; returns its report (also printed and written)."""
+    args = parser(NAME, __doc__).parse_args(argv)
+    started = time.monotonic()
+    writes = 500 if args.quick else 20_000
+    runs = measure(writes)
+    rep = Report(NAME, "1. Rate-limit efficiency (one location, time scale 0.01)", args.quick)
+    shipped = add_figures(rep, runs)
+    rep.details += details(runs, writes, shipped)
     rep.data = {"runs": [{**r.__dict__, "rate": r.rate} for r in runs]}
     finish(rep, args, started, [NAME, *argv])
     return rep
