@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,12 +176,17 @@ def test_verify_never_claims_what_it_could_not_check(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("delay", [0.3, 0.7, 1.2, 3.0])
 def test_ctrl_c_at_any_moment_is_quiet(tmp_path: Path, delay: float) -> None:
+    # A Postalytics that takes the connection and never answers: the run is still going
+    # when the signal comes (a refused port let it end first, with its own exit code).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
     config = tmp_path / "mailsync.toml"
     config.write_text(f"""
 [database]
 url = "sqlite:///{tmp_path / 'ms.db'}"
 [postalytics]
-base_url = "{CLOSED}/api/v1"
+base_url = "http://127.0.0.1:{silent.getsockname()[1]}/api/v1"
 [highlevel]
 base_url = "{CLOSED}/hl"
 [[locations]]
@@ -195,8 +201,10 @@ location = "loc-1"
     proc = subprocess.Popen([sys.executable, "-m", "mailsync", "sync"], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     time.sleep(delay)  # from loading the command (imports) to the run itself
+    assert proc.poll() is None, "the command ended before the signal"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
+    silent.close()
     assert proc.returncode == 130, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert len(_lines(out)) <= 2, out
