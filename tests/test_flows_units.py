@@ -84,28 +84,34 @@ def test_progress_updates_of_an_apply_share_one_client(monkeypatch: pytest.Monke
     import prefect
     import prefect.artifacts
 
+    from mailsync.sync.apply import ApplyOptions, ApplyResult
+    from tasks import sync as task_sync
+
     # A client per update cost a TLS context (~30 ms of CPU in the apply's loop), a
     # connection and a CSRF request each time (bench/RESULTS.md, section 5).
-    seen: list[Any] = []
+    seen: list[tuple[float, Any]] = []
 
     async def update(artifact_id: Any, progress: float, description: str | None = None,
                      client: Any = None) -> Any:
         seen.append((progress, client))
         return artifact_id
 
+    async def apply(_ctx: Any, location_id: str, _opts: Any, progress: Any) -> ApplyResult:
+        for _ in range(3):  # a write, then time for the ticker to send an update
+            progress(location_id, 1)
+            await asyncio.sleep(0.05)
+        return ApplyResult(location_id)
+
     _Client.opened = []
     monkeypatch.setattr(prefect, "get_client", _Client)
     monkeypatch.setattr(prefect.artifacts, "aupdate_progress_artifact", update)
-
-    async def apply() -> None:
-        async with artifacts.progress_client() as client:
-            for pct in (10.0, 55.5, 130.0):
-                await artifacts.update_progress(uuid.uuid4(), pct, client)
-
-    asyncio.run(apply())
+    monkeypatch.setattr(task_sync.runner, "apply", apply)
+    monkeypatch.setattr(task_sync, "PROGRESS_EVERY", 0.01)
+    asyncio.run(task_sync._apply_with_progress(
+        None, "loc-1", ApplyOptions(), 4, uuid.uuid4(), task_sync._Window()))  # type: ignore[arg-type]
     assert len(_Client.opened) == 1
-    assert seen == [(10.0, _Client.opened[0]), (55.5, _Client.opened[0]),
-                    (100.0, _Client.opened[0])]
+    assert len(seen) >= 3 and seen[-1][0] == 100.0  # updates while applying, then the end
+    assert {client for _, client in seen} == {_Client.opened[0]}
 
 
 def test_progress_without_a_client_never_fails_the_apply(monkeypatch: pytest.MonkeyPatch
