@@ -182,11 +182,14 @@ class _Applier:
         self.result.calls += 1
         if outcome.status == "deferred":
             self.stop = Stop.daily_quota
-        elif outcome.unreachable:
-            # Every retry of every other call would wait out its own timeouts (20 contacts
-            # took ~30 s with HighLevel down): one call that never reached it is enough.
-            self.stop = Stop.unreachable
+        self._stop_if_unreachable(outcome.unreachable)
         self._queue(row_outcomes(rows, outcome))
+
+    def _stop_if_unreachable(self, unreachable: bool) -> None:
+        """One call that never reached HighLevel stops the location: every other contact's
+        calls would each wait out their retries (20 contacts took ~30 s with it down)."""
+        if unreachable:
+            self.stop = Stop.unreachable
 
     async def run_chunk(self, sel: Selection, pairs: list[tuple[str, str]]) -> None:
         """Resolve, then write the chunk's contacts side by side.
@@ -260,8 +263,7 @@ class _Applier:
                         return
                     res = await ask(self.engine, self.hl, known, who[pair],
                                     create_missing=pair[0] in self.opts.create_missing)
-                if res.unreachable:
-                    self.stop = Stop.unreachable
+                self._stop_if_unreachable(res.unreachable)
                 failpoints.hit("resolved")
                 self._resolved(its_rows, res)
 
@@ -318,8 +320,7 @@ class _Applier:
         self.result.calls += 1
         self.result.settle_reads += first
         if listing.status != "ok":
-            if listing.unreachable:
-                self.stop = Stop.unreachable
+            self._stop_if_unreachable(listing.unreachable)
             if listing.contact_gone:
                 c.gone = listing.reason
             # Cannot tell which notes landed. Before this store's first note to the contact
