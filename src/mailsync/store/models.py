@@ -30,8 +30,10 @@ def detached(model: type[Row], **fields: Any) -> Row:
     `model(**fields)` (table models skip validation either way), which a sync pays for every
     event and every write it plans."""
     # Reading its attributes goes through the mapper, which must be set up first (a session
-    # does that on first use; a pure function like `plan_writes` may run before any).
-    configure_mappers()
+    # does that on first use; a pure function like `plan_writes` may run before any). Asked
+    # of the mapper first: `configure_mappers` walks every registry, even when done.
+    if not model.__mapper__.configured:  # type: ignore[attr-defined]
+        configure_mappers()
     # Defaults from factories filled here: pydantic would inspect each factory's signature
     # on every call.
     for name, info in model.model_fields.items():

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from mailsync.clients.highlevel import HighLevelClient
@@ -125,7 +125,8 @@ class Known:
 
 
 def known_contacts(engine: Engine, location_id: str, recipients: Iterable[Recipient]) -> Known:
-    """The links of these recipients and the gone contacts among theirs: two queries."""
+    """The links of these recipients, and every contact of the location HighLevel said is
+    gone (few: the ones a write found deleted), so a lookup needs no query of its own."""
     who = list(recipients)
     known = Known(location_id)
     if not who:
@@ -135,17 +136,9 @@ def known_contacts(engine: Engine, location_id: str, recipients: Iterable[Recipi
         _LINKS.c.recipient_key.in_(list({w.key for w in who})))
     with engine.connect() as conn:
         known.links = {k: (c, MatchedBy(m)) for k, c, m in conn.execute(q)}
-        ids = {w.carried_contact_id for w in who} | {c for c, _m in known.links.values()}
-        known.gone = _gone(conn, location_id, ids)
+        known.gone = set(conn.execute(select(_GONE.c.contact_id).where(
+            _GONE.c.location_id == location_id)).scalars())
     return known
-
-
-def _gone(conn: Connection, location_id: str, contact_ids: set[str | None]) -> set[str]:
-    ids = [c for c in contact_ids if c]
-    if not ids:
-        return set()
-    return set(conn.execute(select(_GONE.c.contact_id).where(
-        _GONE.c.location_id == location_id, _GONE.c.contact_id.in_(ids))).scalars())
 
 
 def forget_contact(engine: Engine, location_id: str, recipient_keys: set[str],
@@ -196,18 +189,18 @@ async def resolve(engine: Engine, hl: HighLevelClient, location_id: str, who: Re
     known = known or known_contacts(engine, location_id, [who])
     try:
         return cached(who, known, reresolve) or await ask(
-            engine, hl, known, who, create_missing=create_missing)
+            hl, known, who, create_missing=create_missing)
     finally:
         if own:
             ledger.save_links(engine, location_id, known.found)
 
 
-async def ask(engine: Engine, hl: HighLevelClient, known: Known, who: Recipient, *,
+async def ask(hl: HighLevelClient, known: Known, who: Recipient, *,
               create_missing: bool = False) -> Resolution:
     """Ask HighLevel for the recipient's contact (by email, then phone), create it when
     allowed, else record that there is none; the link decided is queued on `known`."""
     if who.email or who.phone:
-        found = await _look_up(engine, hl, known, who)
+        found = await _look_up(hl, known, who)
         if found is not None:
             return found
     if create_missing and (who.email or who.phone):
@@ -216,18 +209,13 @@ async def ask(engine: Engine, hl: HighLevelClient, known: Known, who: Recipient,
     return _no_contact(who)
 
 
-async def _look_up(engine: Engine, hl: HighLevelClient, known: Known,
-                   who: Recipient) -> Resolution | None:
+async def _look_up(hl: HighLevelClient, known: Known, who: Recipient) -> Resolution | None:
     """The contact found by email, then phone; None when there is none (or only the gone one,
     which a lagging search index may still return)."""
     outcome = await hl.find_contact(email=who.email, phone=who.phone)
     if outcome.status == "ok":
         found = _contact_id(outcome.data)
-        stale = found is not None and found in known.gone
-        if found is not None and not stale:
-            with engine.connect() as conn:
-                stale = bool(_gone(conn, known.location_id, {found}))
-        if found and not stale:
+        if found and found not in known.gone:
             by = (MatchedBy.email if who.email and _matches_email(outcome.data, who.email)
                   else MatchedBy.phone)
             known.link(who, found, by)
