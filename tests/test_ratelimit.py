@@ -292,3 +292,58 @@ def test_learned_interval_applies_to_waiters_already_asleep() -> None:
         return vt.elapsed
 
     assert run(scenario()) <= 1.0 + 1e-9
+
+
+def taken_over(pacer: WindowPacer, vt: VirtualTime, spent: int, n: int = 40) -> list[int]:
+    """A location whose last holder spent `spent` of HighLevel's 100 per 10 s just now, taken
+    over by a worker that sends `n` requests, 8 at a time, through `pacer`; each answer says
+    what remains of the server's window, as HighLevel's headers do. The server's answers: 200
+    while the window has room, else 429."""
+    window = [vt.now, spent]  # a fixed window's start and its count
+    statuses: list[int] = []
+    sem = asyncio.Semaphore(8)
+
+    async def one() -> None:
+        async with sem, pacer.slot():
+            await vt.sleep(0.05)  # on its way
+            if vt.now >= window[0] + 10.0:
+                window[:] = [vt.now, 0]
+            window[1] += 1
+            statuses.append(200 if window[1] <= 100 else 429)
+            await vt.sleep(0.05)
+            pacer.observe({"X-RateLimit-Max": "100",
+                           "X-RateLimit-Interval-Milliseconds": "10000",
+                           "X-RateLimit-Remaining": str(max(0, 100 - window[1]))})
+
+    async def many() -> None:
+        await asyncio.gather(*(one() for _ in range(n)))
+
+    run(many())
+    return statuses
+
+
+def test_a_location_taken_over_mid_window_draws_no_429() -> None:
+    # The new holder's first request goes alone; its answer says 1 is left, so the rest wait
+    # for the window to pass instead of going out 8 at once into a spent window.
+    assert highlevel_pacer("loc-taken-over").probe
+    vt = VirtualTime()
+    statuses = taken_over(WindowPacer(probe=True, clock=vt.clock, sleep=vt.sleep), vt, 98)
+    assert statuses.count(429) == 0 and len(statuses) == 40
+    assert vt.elapsed > 10.0  # the rest went out in the next window
+    # Without the probe, the first 8 go out together into the spent window.
+    vt = VirtualTime()
+    assert taken_over(WindowPacer(clock=vt.clock, sleep=vt.sleep), vt, 98).count(429) >= 6
+
+
+def test_a_pacer_that_heard_nothing_lately_probes_again() -> None:
+    now = [0.0]
+    pacer = WindowPacer(100, 10.0, probe=True, clock=lambda: now[0])
+    assert pacer._try_take() == 0.0
+    assert pacer._try_take() > 0  # the probe is out: the rest wait for its answer
+    now[0] = 0.1
+    pacer.release(0.0)
+    assert all(pacer._try_take() == 0.0 for _ in range(8))  # heard: as many as the window holds
+    for _ in range(8):
+        pacer.release()
+    now[0] = 30.0  # a while without a request: someone else may have spent this window
+    assert pacer._try_take() == 0.0 and pacer._try_take() > 0

@@ -119,7 +119,10 @@ class WindowPacer:
     server window alike. Headers can only make it stricter: when the server reports fewer
     remaining requests than our own count implies (someone else spends the same budget), the
     difference is booked as phantom requests that age out normally. `spacing` optionally
-    spreads sends evenly.
+    spreads sends evenly. With `probe`, a pacer that has heard no answer for a window (never,
+    or not lately) sends one request alone and waits for its answer before the rest: the
+    budget may have been spent meanwhile by a client it cannot see (another worker that held
+    the location until now), and that answer's headers say so before a burst goes out.
 
     Waiters queue FIFO per event loop, so only the head of the queue polls the clock.
     """
@@ -133,6 +136,7 @@ class WindowPacer:
         slack: float = 0.01,
         spacing: float = 0.0,
         recheck: float = 1.0,
+        probe: bool = False,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -144,6 +148,8 @@ class WindowPacer:
         self.slack = slack  # share added to the window for clock and network skew
         self.spacing = spacing  # minimum gap between two sends
         self.recheck = recheck  # longest single wait, so limits learned meanwhile apply
+        self.probe = probe  # one request alone first, after a window without answers
+        self._answered_at = -math.inf  # when an attempt last ended (answered, mostly)
         self._clock = clock
         self._sleep = sleep
         self._in_flight = 0
@@ -187,6 +193,9 @@ class WindowPacer:
             return self._blocked_until - now
         if now < self._next_at:
             return self._next_at - now
+        if self.probe and self._in_flight and now - self._answered_at > self._span():
+            # The probe is out: its answer says what others spent of this window.
+            return max(0.001, self._span() * 0.002)
         if used < self._budget():
             self._in_flight += 1
             self._next_at = now + self.spacing
@@ -227,6 +236,7 @@ class WindowPacer:
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
             now = self._clock()
+            self._answered_at = now
             counted = now
             if sent_at is not None and now >= sent_at:
                 rtt = now - sent_at
@@ -396,5 +406,6 @@ def highlevel_pacer(location_id: str) -> WindowPacer:
     with _highlevel_lock:
         pacer = _highlevel.get(location_id)
         if pacer is None:
-            pacer = _highlevel[location_id] = WindowPacer()
+            # Workers hand locations over: a window may be spent already when one starts.
+            pacer = _highlevel[location_id] = WindowPacer(probe=True)
         return pacer
