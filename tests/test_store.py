@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mailsync.cli.main import app
 from mailsync.store.engine import get_engine, head_revision, upgrade_database
-from mailsync.store.models import MailEvent, WriteIntent
+from mailsync.store.models import MailEvent, WriteIntent, detached
 from mailsync.store.ops import insert_ignore
 
 TABLES = {"campaigns", "mail_events", "quarantined_events", "contact_links", "write_ledger",
@@ -99,3 +99,22 @@ def test_racing_connections_leave_one_row(db_url: str):
     with Session(engine) as s:
         assert s.exec(select(func.count()).select_from(MailEvent)).one() == 50
         assert s.exec(select(func.count()).select_from(WriteIntent)).one() == 1
+
+
+def test_a_detached_row_is_what_model_construct_builds_and_stores_the_same(db_url: str):
+    row = detached(WriteIntent, intent_key="note|e1", kind="note", location_id="loc1",
+                   drop_id="100", recipient_key="r1", code="Mailed", body="Mailed today")
+    like = WriteIntent.model_construct(**row.model_dump(exclude_unset=True))
+    assert row.model_dump() == like.model_dump() | {"created_at": row.created_at,
+                                                    "updated_at": row.updated_at}
+    assert row.model_fields_set == like.model_fields_set
+    assert (row.kind, row.status, row.attempts, row.tag) == ("note", "pending", 0, None)
+    other = detached(WriteIntent, intent_key="note|e2", kind="note", location_id="loc1",
+                     drop_id="100", recipient_key="r1", code="Mailed")
+    assert other.body is None and other.created_at >= row.created_at  # nothing shared
+    engine = get_engine(db_url)
+    with Session(engine) as s:
+        assert len(insert_ignore(s, [row, other])) == 2
+        s.commit()
+        stored = s.exec(select(WriteIntent).where(WriteIntent.intent_key == "note|e1")).one()
+    assert (stored.body, stored.status, stored.location_id) == ("Mailed today", "pending", "loc1")
