@@ -544,14 +544,15 @@ def add_tables(rep: Report, limit: list[dict], kill: dict, cpu: list[dict],
         f"{limit[1]['notes_read'] if len(limit) > 1 else 0:,} in the run without a kill "
         "(each contact of the dead worker's unfinished chunks is read once before its next "
         "note; none was sent twice).", "",
-        "**429s** (answered, retried after a back-off, none lost): the first windows filled "
-        "past 1.0 in the runs with more than one worker, where a location's lease named up "
-        "to " + ", ".join(f"{r['holders_per_location']} ({_label(r)})" for r in [*limit, kill])
-        + " holders over the run. A worker that takes a location over starts with a fresh "
-        "pacer that does not know the requests the last holder sent in HighLevel's current "
-        "window; it learns them from the first answer's `X-RateLimit-Remaining`, by which "
-        "time its first burst is out. That is the likely source with several workers (not "
-        "proven here); the 1-worker run's 0.11 % is not explained by it.",
+        f"**429s** (each answered, retried after a back-off, none lost): "
+        f"{sum(r['throttled'] for r in [*limit, kill, *cpu]):,} over every run. A location's "
+        "lease named up to "
+        + ", ".join(f"{r['holders_per_location']} ({_label(r)})" for r in [*limit, kill])
+        + " holders over the run. A pacer that has heard no answer for a window sends one "
+        "request alone and waits for its answer before the rest (`highlevel_pacer` makes "
+        "them so): a worker that takes a location over, or starts every location at once, "
+        "learns from that answer's `X-RateLimit-Remaining` what was already spent of "
+        "HighLevel's current window before a burst goes out.",
     ]
 
 
