@@ -154,9 +154,10 @@ class Setup:
     from_answer: bool = False
 
     def pacer(self) -> TimedPacer:
-        """A fresh pacer (never the process-wide one: each run starts clean)."""
+        """A fresh pacer (never the process-wide one: each run starts clean), probing after
+        a quiet window as `highlevel_pacer` makes them, unless it is the previous design."""
         return TimedPacer(max_requests=self.limit, headroom=self.headroom, slack=self.slack,
-                          from_answer=self.from_answer)
+                          from_answer=self.from_answer, probe=not self.from_answer)
 
 
 def setups() -> list[Setup]:
