@@ -396,7 +396,7 @@ async def _on_store(fn: Callable[..., T], engine: Engine, *args: Any) -> T:
     answers, which skews their pacing (section 7). SQLite: on the loop. A local file answers
     a chunk's reads and writes in milliseconds, and pysqlite releases the GIL at every row it
     steps, so from a thread each row cost two GIL hand-offs with the loop: 58 µs of CPU a row
-    against 8, and a third of the whole sync's CPU.
+    against 8, and nearly a third of a 10,000-event sync's CPU.
     """
     if engine.dialect.name == "sqlite":
         return fn(engine, *args)
