@@ -172,6 +172,28 @@ def test_a_gone_contact_drops_the_link_and_the_next_run_writes_to_the_contact_th
     assert len(fake.contacts["new"]["notes"]) == 2
 
 
+def test_a_lagging_search_that_still_finds_a_gone_contact_is_not_believed(engine):
+    fake = FakeHighLevel()
+    fake.add("old", "ada@example.com")
+    plan(engine, 1)
+    apply(engine, fake)
+
+    async def gone(request: httpx.Request) -> httpx.Response | None:
+        # Deleted: every call on it says so, but the search index still returns it.
+        if "/contacts/old" in request.url.path:
+            return httpx.Response(404, json={"statusCode": 404, "message": "Contact not found"})
+        return None
+
+    fake.hooks.append(gone)
+    plan(engine, 3)
+    apply(engine, fake)  # learns the contact is gone
+    tried = fake.calls("GET|POST|DELETE", "/contacts/old/.*")
+    apply(engine, fake)  # looks the recipient up again: the search answers "old"
+    assert fake.calls("GET", "/contacts/search/duplicate") >= 1
+    assert fake.calls("GET|POST|DELETE", "/contacts/old/.*") == tried  # never written again
+    assert all(r.contact_id != "old" for r in rows(engine) if r.status != WriteStatus.done)
+
+
 def test_a_carried_contact_id_that_is_gone_is_not_used_again(engine):
     fake = FakeHighLevel()
     fake.add("new", "ada@example.com")
