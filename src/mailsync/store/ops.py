@@ -5,7 +5,7 @@ a batch written in a savepoint that falls back to one savepoint per row when a r
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -35,8 +35,7 @@ def dialect_insert(dialect: str) -> Callable[[Table], Any]:
 
 
 def insert_ignore(
-    session: Session, objs: Sequence[SQLModel], conflict_cols: Iterable[str] | None = None,
-    returning: str | None = None,
+    session: Session, objs: Sequence[SQLModel], returning: str | None = None,
 ) -> list[Any]:
     """Insert model rows, skipping any that collide with a unique key; returns the inserted
     rows' `returning` column (default: the first primary-key column).
@@ -48,13 +47,13 @@ def insert_ignore(
     table: Table = type(objs[0]).__table__  # type: ignore[attr-defined]
     rows = [_row_values(o, table) for o in objs]
     ins = dialect_insert(session.get_bind().dialect.name)
-    cols = list(conflict_cols) if conflict_cols is not None else None
     out = table.c[returning] if returning else next(iter(table.primary_key.columns))
     # One single-row statement executed for many parameter sets: SQLAlchemy batches it into
-    # multi-row INSERTs itself ("insertmanyvalues") and compiles it once per process, where a
-    # multi-row `.values(rows)` was compiled afresh for every page. RETURNING names the rows
-    # actually inserted on both databases (psycopg's rowcount is -1 here).
-    stmt = ins(table).on_conflict_do_nothing(index_elements=cols).returning(out)
+    # multi-row INSERTs itself ("insertmanyvalues"). It is compiled on every call (neither
+    # dialect's ON CONFLICT insert has a cache key in SQLAlchemy 2.0), but as one row's
+    # statement, where a multi-row `.values(rows)` compiled every row's parameters. RETURNING
+    # names the rows actually inserted on both databases (psycopg's rowcount is -1 here).
+    stmt = ins(table).on_conflict_do_nothing().returning(out)
     return list(session.execute(stmt, rows).scalars().all())
 
 
