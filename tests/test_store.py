@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -73,6 +74,32 @@ def test_same_event_and_same_intent_twice_leave_one_row(db_url: str):
         assert s.exec(select(func.count()).select_from(WriteIntent)).one() == 1
         stored = s.exec(select(MailEvent)).one()
         assert stored.event_at == datetime(2026, 11, 20, 14, 3, tzinfo=UTC)
+
+
+def test_many_rows_go_in_several_statements_and_only_new_ones_come_back(db_url: str):
+    engine = get_engine(db_url)
+    with Session(engine) as s:
+        insert_ignore(s, [event(f"e{i}") for i in range(0, 1200, 2)])
+        back = insert_ignore(s, [event(f"e{i}") for i in range(1200)])  # > 1 statement's rows
+        s.commit()
+    assert sorted(back) == sorted(f"e{i}" for i in range(1, 1200, 2))
+    with Session(engine) as s:
+        stored = s.exec(select(MailEvent).where(MailEvent.key == "e1199")).one()
+        assert stored.event_at == datetime(2026, 11, 20, 14, 3, tzinfo=UTC)
+        assert s.exec(select(func.count()).select_from(MailEvent)).one() == 1200
+
+
+def test_a_value_a_column_cannot_bind_is_a_statement_error_like_sqlalchemy_s(db_url: str):
+    # write_isolating quarantines a row on StatementError: a column type refusing a value
+    # must surface as one, not as the type's own exception.
+    engine = get_engine(db_url)
+    naive = detached(MailEvent, key="n1", drop_id="100", recipient_key="r1", code="Mailed",
+                     event_at=datetime(2026, 11, 20, 14, 3))
+    with Session(engine) as s:
+        with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+            insert_ignore(s, [event("ok"), naive])
+        s.rollback()
+        assert s.exec(select(func.count()).select_from(MailEvent)).one() == 0
 
 
 def test_racing_connections_leave_one_row(db_url: str):

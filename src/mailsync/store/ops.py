@@ -7,10 +7,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import (
     DBAPIError,
     InterfaceError,
@@ -45,32 +47,78 @@ def insert_ignore(
     if not objs:
         return []
     table: Table = type(objs[0]).__table__  # type: ignore[attr-defined]
-    rows = [_row_values(o, table) for o in objs]
-    ins = dialect_insert(session.get_bind().dialect.name)
-    out = table.c[returning] if returning else next(iter(table.primary_key.columns))
-    # One single-row statement executed for many parameter sets: SQLAlchemy batches it into
-    # multi-row INSERTs itself ("insertmanyvalues"). It is compiled on every call (neither
-    # dialect's ON CONFLICT insert has a cache key in SQLAlchemy 2.0), but as one row's
-    # statement, where a multi-row `.values(rows)` compiled every row's parameters. RETURNING
-    # names the rows actually inserted on both databases (psycopg's rowcount is -1 here).
-    stmt = ins(table).on_conflict_do_nothing().returning(out)
-    return list(session.execute(stmt, rows).scalars().all())
+    conn = session.connection()
+    dialect_insert(conn.dialect.name)  # refuses a database without ON CONFLICT
+    out = returning or next(iter(table.primary_key.columns)).key
+    shape = _InsertShape.of(conn.dialect, table, objs[0].__dict__)
+    rows = [shape.values(o.__dict__) for o in objs]
+    inserted: list[Any] = []
+    for start in range(0, len(rows), shape.rows_per_statement):
+        chunk = rows[start:start + shape.rows_per_statement]
+        sql = shape.sql(len(chunk), out)
+        params = tuple(v for row in chunk for v in row)
+        inserted += conn.exec_driver_sql(sql, params).scalars().all()
+    return inserted
 
 
-def _row_values(obj: SQLModel, table: Table) -> dict[str, Any]:
-    """A model row's column values, read from its `__dict__`, where pydantic keeps them
-    (`model_dump` took 5 µs a row, this 3). An autoincrement id left as None is omitted, not
-    sent as NULL (PostgreSQL refuses it)."""
-    values = obj.__dict__
-    row = {c: values[c] for c in _column_keys(table) if c in values}
-    if "id" in row and row["id"] is None:
-        del row["id"]
-    return row
+_MAX_PARAMS = 30_000
+"""Parameters in one INSERT: SQLite allows 32,766, PostgreSQL 65,535."""
 
 
-@functools.cache
-def _column_keys(table: Table) -> tuple[str, ...]:
-    return tuple(c.key for c in table.columns)
+@dataclass(frozen=True)
+class _InsertShape:
+    """One table's multi-row `INSERT ... ON CONFLICT DO NOTHING RETURNING`, written as SQL
+    for the driver and cached per row count. SQLAlchemy 2.0 gives neither dialect's ON
+    CONFLICT insert a cache key, so through it every call compiled the statement and bound
+    each row through its execution context: half of a sync's fetch CPU (bench/RESULTS.md,
+    section 3). Values still pass the columns' own bind processors, and a value one refuses
+    raises `StatementError` as SQLAlchemy would."""
+
+    dialect: Dialect
+    table: Table
+    columns: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    @staticmethod
+    def of(dialect: Dialect, table: Table, first: dict[str, Any]) -> _InsertShape:
+        """The shape for rows like `first`: an autoincrement id left as None is omitted, not
+        sent as NULL (PostgreSQL refuses it)."""
+        omit_id = "id" in table.c and first.get("id") is None
+        return _shape(dialect, table, omit_id)
+
+    @property
+    def rows_per_statement(self) -> int:
+        return max(1, min(500, _MAX_PARAMS // len(self.columns)))
+
+    def values(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        """A model row's values (from its `__dict__`, where pydantic keeps them), bound."""
+        try:
+            return tuple(v if p is None or v is None else p(v)
+                         for v, p in zip(map(row.get, self.columns), self.processors,
+                                         strict=True))
+        except Exception as exc:
+            raise StatementError(f"a value of {self.table.name} could not be bound: {exc}",
+                                 None, None, exc) from exc
+
+    def sql(self, rows: int, returning: str) -> str:
+        return _insert_sql(self, rows, returning)
+
+
+@functools.lru_cache(maxsize=64)
+def _shape(dialect: Dialect, table: Table, omit_id: bool) -> _InsertShape:
+    cols = [c for c in table.columns if not (omit_id and c.key == "id")]
+    return _InsertShape(dialect, table, tuple(c.key for c in cols),
+                        tuple(c.type.bind_processor(dialect) for c in cols))
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(shape: _InsertShape, rows: int, returning: str) -> str:
+    quote = shape.dialect.identifier_preparer.quote
+    mark = "?" if shape.dialect.paramstyle in ("qmark", "numeric") else "%s"
+    one = "(" + ", ".join([mark] * len(shape.columns)) + ")"
+    return (f"INSERT INTO {shape.dialect.identifier_preparer.format_table(shape.table)} "
+            f"({', '.join(quote(c) for c in shape.columns)}) VALUES "
+            f"{', '.join([one] * rows)} ON CONFLICT DO NOTHING RETURNING {quote(returning)}")
 
 
 @contextmanager
