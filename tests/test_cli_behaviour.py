@@ -174,32 +174,40 @@ def test_verify_never_claims_what_it_could_not_check(tmp_path: Path) -> None:
 
 # -- Ctrl-C ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("delay", [0.3, 0.7, 1.2, 3.0])
-def test_ctrl_c_at_any_moment_is_quiet(tmp_path: Path, delay: float) -> None:
-    # A Postalytics that takes the connection and never answers: the run is still going
-    # when the signal comes (a refused port let it end first, with its own exit code).
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    config = tmp_path / "mailsync.toml"
-    config.write_text(f"""
+_SILENT_CONFIG = """
 [database]
-url = "sqlite:///{tmp_path / 'ms.db'}"
+url = "sqlite:///{db}"
 [postalytics]
-base_url = "http://127.0.0.1:{silent.getsockname()[1]}/api/v1"
+base_url = "http://127.0.0.1:{port}/api/v1"
 [highlevel]
-base_url = "{CLOSED}/hl"
+base_url = "{closed}/hl"
 [[locations]]
 id = "loc-1"
 token_env = "T_1"
 [[campaigns]]
 drop_id = "1"
 location = "loc-1"
-""")
+"""
+
+
+def _silent_env(tmp_path: Path, silent: socket.socket) -> dict[str, str]:
+    """The environment of a sync whose Postalytics takes the connection and never answers:
+    the run is still going when a signal comes (a refused port let it end first)."""
+    config = tmp_path / "mailsync.toml"
+    config.write_text(_SILENT_CONFIG.format(db=tmp_path / "ms.db", port=silent.getsockname()[1],
+                                            closed=CLOSED))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSYNC_")}
     env.update({"MAILSYNC_CONFIG": str(config), "T_1": "tok-123456", "POSTALYTICS_API_KEY": "k"})
-    proc = subprocess.Popen([sys.executable, "-m", "mailsync", "sync"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return env
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7, 1.2, 3.0])
+def test_ctrl_c_at_any_moment_is_quiet(tmp_path: Path, delay: float) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    env = _silent_env(tmp_path, silent)
+    proc = _sync_with_sigint(env, signal.SIG_DFL)
     time.sleep(delay)  # from loading the command (imports) to the run itself
     assert proc.poll() is None, "the command ended before the signal"
     proc.send_signal(signal.SIGINT)
@@ -208,6 +216,33 @@ location = "loc-1"
     assert proc.returncode == 130, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert len(_lines(out)) <= 2, out
+
+
+def _sync_with_sigint(env: dict[str, str], disposition: signal.Handlers) -> subprocess.Popen:
+    """`mailsync sync` started with SIGINT at `disposition`, whatever this test run inherited
+    (a suite started in the background, `make test &`, passes SIGINT ignored to its children)."""
+    return subprocess.Popen([sys.executable, "-m", "mailsync", "sync"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
+
+
+def test_a_sync_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
+    # As a shell script's `mailsync sync &`: ignored from the start to the end, not only
+    # while the command loads (Postalytics never answers, so the run is still going).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    proc = _sync_with_sigint(_silent_env(tmp_path, silent), signal.SIG_IGN)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("store: ")  # the command is running
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+    finally:
+        proc.kill()
+        proc.communicate()
+        silent.close()
 
 
 def test_a_log_console_is_plain(tmp_path: Path) -> None:

@@ -44,8 +44,11 @@ class MailsyncApp(typer.Typer):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Start-up is over: Ctrl-C raises KeyboardInterrupt again, which every command
-        # turns into one line and exit code 130.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # turns into one line and exit code 130. Unless the command was started with SIGINT
+        # ignored (a shell script's `mailsync sync &`): then it stays ignored throughout, as
+        # Unix programs leave it, rather than ignored during start-up only.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         command = typer.main.get_command(self)
         _hide_flag_types(command)
         return command(*args, **kwargs)
