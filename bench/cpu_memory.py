@@ -6,7 +6,7 @@ one, interleaved round by round so both see the same machine):
 1. a full sync (fetch, normalise, plan, apply: `run_sync`) in a child process of its own,
    against a sandbox with every event emitted; the HighLevel calls it makes are recorded;
 2. right after, in the same process (same heap, same imports), the same calls sent again
-   through `HighLevelClient` (same transport, pacer and pool, from `SyncContext.highlevel`)
+   through `HighLevelClient` (same transport, pacer and connections, from `SyncContext.highlevel`)
    to a twin sandbox (same seed, same events, nothing written yet), with no store in the
    picture: one contact's calls in order, eight contacts at a time per location, locations
    side by side, as the apply does.
@@ -393,7 +393,7 @@ def build_report(split: dict[str, list[dict]], sizes: list[dict[str, Any]], even
         "running in another. Writes = note and tag calls the sandbox counted.", "",
         "**The split**: each round is (1) one `run_sync` in a fresh child, its "
         "HighLevel calls recorded, and (2) right after, in the same process, the same calls "
-        "sent again through `HighLevelClient` (same transport, pacer and pool, from "
+        "sent again through `HighLevelClient` (same transport, pacer and connections, from "
         "`SyncContext.highlevel`) to a twin sandbox (same seed, nothing written yet), one "
         f"contact's calls in order, {CONCURRENCY} contacts at a time per location, with no "
         "store at all. HTTP client "

@@ -35,6 +35,7 @@ from mailsync.clients.messages import (
     transport_problem,
 )
 from mailsync.clients.ratelimit import NoPacer, Pacer, QuotaDeferral
+from mailsync.clients.transport import SlotTransport, env_proxies
 from mailsync.redact import get_logger, redact
 
 log = get_logger("mailsync.http")
@@ -43,8 +44,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 """Connect 5 s; read, write and pool 15 s."""
 DEFAULT_CONNECTIONS = 8
 """Connections a client keeps open: as many as its callers send at once (an apply sends at
-most 8 per location). httpx's default pool grows to 100 and scans every pooled connection
-on each request (bench/RESULTS.md, section 3)."""
+most 8 per location); more callers wait their turn (`clients.transport`)."""
 
 
 @functools.cache
@@ -291,6 +291,8 @@ class ApiClient:
         self._rng = rng or random.Random()
         self.requests_sent = 0
         self.throttled = 0  # 429s this client received
+        if transport is None and not env_proxies():
+            transport = SlotTransport(connections, verify=tls_context())
         self.http = httpx.AsyncClient(
             base_url=base_url,
             transport=transport,
