@@ -300,6 +300,7 @@ class ApiClient:
             headers={"Accept": "application/json", **(headers or {})},
             follow_redirects=False,
             verify=tls_context(),
+            # httpx's own pool, used only when the environment names a proxy.
             limits=httpx.Limits(max_connections=connections,
                                 max_keepalive_connections=connections),
         )

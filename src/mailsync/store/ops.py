@@ -114,7 +114,7 @@ def _shape(dialect: Dialect, table: Table, omit_id: bool) -> _InsertShape:
 @functools.lru_cache(maxsize=256)
 def _insert_sql(shape: _InsertShape, rows: int, returning: str) -> str:
     quote = shape.dialect.identifier_preparer.quote
-    mark = "?" if shape.dialect.paramstyle in ("qmark", "numeric") else "%s"
+    mark = "?" if shape.dialect.paramstyle == "qmark" else "%s"  # pysqlite; psycopg
     one = "(" + ", ".join([mark] * len(shape.columns)) + ")"
     return (f"INSERT INTO {shape.dialect.identifier_preparer.format_table(shape.table)} "
             f"({', '.join(quote(c) for c in shape.columns)}) VALUES "
