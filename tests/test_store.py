@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mailsync.cli.main import app
 from mailsync.store.engine import get_engine, head_revision, upgrade_database
 from mailsync.store.models import MailEvent, WriteIntent, detached
-from mailsync.store.ops import insert_ignore
+from mailsync.store.ops import execute_many, insert_ignore
 
 TABLES = {"campaigns", "mail_events", "quarantined_events", "contact_links", "write_ledger",
           "sync_runs", "location_leases", "oauth_tokens", "store_meta", "settled_contacts",
@@ -87,6 +87,33 @@ def test_many_rows_go_in_several_statements_and_only_new_ones_come_back(db_url: 
         stored = s.exec(select(MailEvent).where(MailEvent.key == "e1199")).one()
         assert stored.event_at == datetime(2026, 11, 20, 14, 3, tzinfo=UTC)
         assert s.exec(select(func.count()).select_from(MailEvent)).one() == 1200
+
+
+def test_timestamps_written_as_driver_sql_compare_equal_to_sqlalchemy_s(db_url: str):
+    # SQLite keeps timestamps as text: a row written with another text form than the one
+    # SQLAlchemy binds (sqlite3's own adapter writes "+00:00" and drops ".000000") is not
+    # found by its own time, and sorts before it.
+    engine = get_engine(db_url)
+    at = datetime(2026, 11, 20, 14, 3, tzinfo=UTC)
+    now = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
+    writes = WriteIntent.__table__
+    done = sa.update(writes).where(writes.c.id == sa.bindparam("row_id")).values(
+        status="done", remote_id=sa.bindparam("v_remote"),
+        updated_at=sa.bindparam("now", type_=writes.c.updated_at.type))
+    with Session(engine) as s:
+        insert_ignore(s, [event("e1"), event("e2")])
+        ids = insert_ignore(s, [tag_intent(), detached(
+            WriteIntent, intent_key="note|e1", kind="note", location_id="loc1", drop_id="100",
+            recipient_key="r1", code="Mailed")])
+        execute_many(s.connection(), done, [{"row_id": i, "v_remote": f"n{i}", "now": now}
+                                            for i in ids])
+        s.commit()
+        assert len(s.exec(select(MailEvent).where(MailEvent.event_at == at)).all()) == 2
+        assert s.exec(select(func.count()).select_from(MailEvent)
+                      .where(MailEvent.event_at < at)).one() == 0
+        stored = s.exec(select(WriteIntent).where(WriteIntent.updated_at == now)).all()
+    assert sorted((w.id, w.status, w.remote_id) for w in stored) == [
+        (i, "done", f"n{i}") for i in sorted(ids)]
 
 
 def test_a_value_a_column_cannot_bind_is_a_statement_error_like_sqlalchemy_s(db_url: str):

@@ -24,7 +24,7 @@ from mailsync.store.models import (
     WriteStatus,
     utcnow,
 )
-from mailsync.store.ops import dialect_insert
+from mailsync.store.ops import dialect_insert, execute_many
 from mailsync.store.reasons import Reason
 
 SYNC_STATUSES = (WriteStatus.pending, WriteStatus.unknown, WriteStatus.failed)
@@ -268,22 +268,22 @@ def write(engine: Engine, batch: Batch) -> datetime:
 
 
 def _write(conn: Connection, batch: Batch, now: datetime) -> None:
-    # One executemany per statement: compiled once per process, no per-row ORM work.
+    # One executemany per statement, compiled once per process (`execute_many`).
     dialect = conn.dialect.name
     if batch.links:
-        conn.execute(_LINKED, [{"row_id": i, "v_contact": c, "now": now}
-                               for i, c in batch.links])
+        execute_many(conn, _LINKED, [{"row_id": i, "v_contact": c, "now": now}
+                                     for i, c in batch.links])
     if batch.found:
-        conn.execute(_link_upsert(dialect), [
+        execute_many(conn, _link_upsert(dialect), [
             {"location_id": batch.location_id, "recipient_key": key, "contact_id": contact,
              "matched_by": how, "updated_at": now} for key, contact, how in batch.found])
     groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
     for o in batch.outcomes:
         groups.setdefault((o.clear_contact, o.attempt), []).append(o.params(now))
     for (clear, attempt), params in groups.items():
-        conn.execute(_outcome_statement(clear, attempt), params)
+        execute_many(conn, _outcome_statement(clear, attempt), params)
     if batch.settled:
-        conn.execute(_settled_insert(dialect), [
+        execute_many(conn, _settled_insert(dialect), [
             {"location_id": batch.location_id, "contact_id": c, "settled_at": now}
             for c in dict.fromkeys(batch.settled)])
     if batch.sending:
@@ -291,9 +291,9 @@ def _write(conn: Connection, batch: Batch, now: datetime) -> None:
                      {"ids": batch.sending, "now": now, "v_status": WriteStatus.unknown,
                       "v_reason_code": Reason.sending, "v_reason": None})
     if batch.unsent and batch.marked_at is not None:
-        conn.execute(_UNSENT, [{"row_id": r.id, "marked_at": batch.marked_at, "now": now,
-                                "v_status": r.status, "v_code": r.reason_code,
-                                "v_reason": r.reason} for r in batch.unsent])
+        execute_many(conn, _UNSENT, [{"row_id": r.id, "marked_at": batch.marked_at, "now": now,
+                                      "v_status": r.status, "v_code": r.reason_code,
+                                      "v_reason": r.reason} for r in batch.unsent])
 
 
 def link_rows(engine: Engine, links: Sequence[tuple[int, str]]) -> None:

@@ -5,14 +5,14 @@ a batch written in a savepoint that falls back to one savepoint per row when a r
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import (
     DBAPIError,
     InterfaceError,
@@ -20,6 +20,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
     StatementError,
 )
+from sqlalchemy.sql import ClauseElement
 from sqlmodel import Session, SQLModel
 
 T = TypeVar("T")
@@ -108,7 +109,7 @@ class _InsertShape:
 def _shape(dialect: Dialect, table: Table, omit_id: bool) -> _InsertShape:
     cols = [c for c in table.columns if not (omit_id and c.key == "id")]
     return _InsertShape(dialect, table, tuple(c.key for c in cols),
-                        tuple(c.type.bind_processor(dialect) for c in cols))
+                        tuple(c.type.dialect_impl(dialect).bind_processor(dialect) for c in cols))
 
 
 @functools.lru_cache(maxsize=256)
@@ -119,6 +120,75 @@ def _insert_sql(shape: _InsertShape, rows: int, returning: str) -> str:
     return (f"INSERT INTO {shape.dialect.identifier_preparer.format_table(shape.table)} "
             f"({', '.join(quote(c) for c in shape.columns)}) VALUES "
             f"{', '.join([one] * rows)} ON CONFLICT DO NOTHING RETURNING {quote(returning)}")
+
+
+def execute_many(conn: Connection, stmt: ClauseElement,
+                 rows: Sequence[Mapping[str, Any]]) -> None:
+    """Run a statement built once (module-level or cached) once per parameter set, as the
+    driver's executemany: compiled once per dialect, each distinct value bound once.
+
+    Through `Connection.execute`, every row went through SQLAlchemy's parameter machinery,
+    and a row's timestamp through the column type's processor, though a batch stamps one
+    time: most of the apply's own CPU outside the database (bench/RESULTS.md, section 3).
+    Not for statements with an expanding IN list.
+    """
+    if rows:
+        conn.exec_driver_sql(*_ManyShape.of(conn.dialect, stmt).bound(rows))
+
+
+@dataclass(frozen=True)
+class _ManyShape:
+    """A compiled statement's SQL, its parameters in order, the values it carries itself and
+    each parameter's bind processor."""
+
+    sql: str
+    names: tuple[str, ...]
+    positional: bool
+    fixed: Mapping[str, Any]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    @staticmethod
+    def of(dialect: Dialect, stmt: ClauseElement) -> _ManyShape:
+        return _many_shape(dialect, stmt)
+
+    def bound(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
+        """The SQL and its parameter sets, bound (tuples, or dicts for a named paramstyle)."""
+        memo: dict[tuple[int, Any], Any] = {}
+        out: list[Any] = []
+        try:
+            for row in rows:
+                values = tuple(self._bind(memo, i, row.get(name, self.fixed.get(name)))
+                               for i, name in enumerate(self.names))
+                out.append(values if self.positional else dict(zip(self.names, values,
+                                                                    strict=True)))
+        except Exception as exc:
+            raise StatementError(f"a value could not be bound: {exc}", self.sql, None,
+                                 exc) from exc
+        return self.sql, out
+
+    def _bind(self, memo: dict[tuple[int, Any], Any], i: int, value: Any) -> Any:
+        process = self.processors[i]
+        if process is None or value is None:
+            return value
+        key = (i, value)
+        try:
+            return memo[key]
+        except KeyError:
+            memo[key] = bound = process(value)
+            return bound
+        except TypeError:  # unhashable (a JSON value): bound each time
+            return process(value)
+
+
+@functools.lru_cache(maxsize=128)
+def _many_shape(dialect: Dialect, stmt: ClauseElement) -> _ManyShape:
+    compiled = stmt.compile(dialect=dialect)
+    positional = compiled.positiontup is not None
+    names = tuple(compiled.positiontup) if positional else tuple(compiled.params)
+    processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                       for name in names)
+    fixed = {k: v for k, v in compiled.params.items() if v is not None}
+    return _ManyShape(compiled.string, names, positional, fixed, processors)
 
 
 @contextmanager
