@@ -9,6 +9,7 @@ from pydantic import Field
 
 from flows._common import collect, finish, in_thread, task_runner
 from mailsync.store.runs import RunError, Scope
+from mailsync.sync.heap import frozen_heap
 from tasks.artifacts import RunArtifacts
 from tasks.sync import apply_location, begin_run, fetch_and_plan, finish_run
 
@@ -46,19 +47,20 @@ def _sync(campaigns: list[str], dry_run: bool, lookback_hours: float, max_pages:
           ) -> tuple[RunArtifacts, list[RunError]]:
     # The UI's form sends 0 and "" for "not set": the library's None.
     config_path, lookback, pages = config_path or None, lookback_hours or None, max_pages or None
-    plan = begin_run(config_path, "sync", campaigns, dry_run)
-    fetches = fetch_and_plan.map(unmapped(config_path), plan.drop_ids, unmapped(plan.run_id),
-                                 dry_run=dry_run, lookback_hours=lookback,
-                                 max_pages=pages)
-    fetched, errors = collect(fetches, plan.drop_ids, Scope.campaign)
-    applied: list[Any] = []
-    if not dry_run:
-        # Every location is applied even if one of its campaigns failed to fetch: rows
-        # planned by earlier runs are still owed.
-        applies = apply_location.map(unmapped(config_path), plan.locations,
-                                     drop_ids=unmapped(campaigns or None),
-                                     lease_wait_seconds=lease_wait_seconds)
-        applied, apply_errors = collect(applies, plan.locations, Scope.location)
-        errors += apply_errors
-    return finish_run(config_path, plan, "sync", dry_run, fetched, applied, errors,
-                      drop_ids=campaigns or None), errors
+    with frozen_heap():  # what the worker held before the run is not rescanned
+        plan = begin_run(config_path, "sync", campaigns, dry_run)
+        fetches = fetch_and_plan.map(unmapped(config_path), plan.drop_ids, unmapped(plan.run_id),
+                                     dry_run=dry_run, lookback_hours=lookback,
+                                     max_pages=pages)
+        fetched, errors = collect(fetches, plan.drop_ids, Scope.campaign)
+        applied: list[Any] = []
+        if not dry_run:
+            # Every location is applied even if one of its campaigns failed to fetch: rows
+            # planned by earlier runs are still owed.
+            applies = apply_location.map(unmapped(config_path), plan.locations,
+                                         drop_ids=unmapped(campaigns or None),
+                                         lease_wait_seconds=lease_wait_seconds)
+            applied, apply_errors = collect(applies, plan.locations, Scope.location)
+            errors += apply_errors
+        return finish_run(config_path, plan, "sync", dry_run, fetched, applied, errors,
+                          drop_ids=campaigns or None), errors

@@ -41,6 +41,7 @@ from mailsync.sync.failures import (
     unexpected_line,
 )
 from mailsync.sync.fetch import CampaignResult, fetch_campaign
+from mailsync.sync.heap import frozen_heap
 
 log = logging.getLogger("mailsync.sync")
 
@@ -271,7 +272,14 @@ async def run_sync(ctx: SyncContext, *, drop_ids: Sequence[str] | None = None,
                    progress: Callable[[str, int], None] | None = None,
                    hooks: RunHooks | None = None) -> RunSummary:
     """Fetch and plan every selected campaign, then apply every location they touch."""
-    hooks = hooks or RunHooks(on_page=on_page, progress=progress)
+    with frozen_heap():
+        return await _run_sync(ctx, drop_ids, dry_run, lookback_hours, max_pages, holder,
+                               hooks or RunHooks(on_page=on_page, progress=progress))
+
+
+async def _run_sync(ctx: SyncContext, drop_ids: Sequence[str] | None, dry_run: bool,
+                    lookback_hours: float | None, max_pages: int | None, holder: str | None,
+                    hooks: RunHooks) -> RunSummary:
     campaigns = select_campaigns(ctx, drop_ids)
     run_id = start_run(ctx, "sync", dry_run)
     summary = RunSummary(run_id, "sync", dry_run, plan=DryRunPlan() if dry_run else None)
@@ -308,7 +316,8 @@ async def run_replay(ctx: SyncContext, *, statuses: Sequence[str] = REPLAY_STATU
     summary = RunSummary(run_id, "replay")
     opts = apply_options(ctx, statuses=statuses, drop_ids=drop_ids, since=since,
                          reresolve=True, holder=holder)
-    await _apply_all(ctx, sorted({c.location for c in campaigns}), opts, summary, hooks)
+    with frozen_heap():
+        await _apply_all(ctx, sorted({c.location for c in campaigns}), opts, summary, hooks)
     finish_run(ctx, summary)
     return summary
 
