@@ -175,3 +175,26 @@ def test_a_detached_row_is_what_model_construct_builds_and_stores_the_same(db_ur
         s.commit()
         stored = s.exec(select(WriteIntent).where(WriteIntent.intent_key == "note|e1")).one()
     assert (stored.body, stored.status, stored.location_id) == ("Mailed today", "pending", "loc1")
+
+
+def test_a_recipient_s_details_are_each_field_s_newest_value(db_url: str):
+    from mailsync.sync.resolve import load_recipients
+
+    engine = get_engine(db_url)
+
+    def at(key: str, hour: int, drop: str = "100", **details: str) -> MailEvent:
+        return detached(MailEvent, key=key, drop_id=drop, recipient_key="r1", code="Mailed",
+                        event_at=datetime(2026, 11, 20, hour, tzinfo=UTC), **details)
+
+    with Session(engine) as s:
+        # Stored out of time order: the newest event's blank fields keep older answers.
+        insert_ignore(s, [at("e3", 12, email="new@example.com"),
+                          at("e1", 10, email="old@example.com", first_name="Ada"),
+                          at("e2", 11, phone="+15550100"),
+                          at("x1", 13, drop="200", email="other@example.com")])
+        s.commit()
+    who = load_recipients(engine, {("100", "r1")})
+    assert list(who) == [("100", "r1")]
+    ada = who[("100", "r1")]
+    assert (ada.email, ada.phone, ada.first_name, ada.last_name) == (
+        "new@example.com", "+15550100", "Ada", None)

@@ -87,24 +87,24 @@ _DETAILS = ("carried_contact_id", "email", "phone", "first_name", "last_name")
 def load_recipients(engine: Engine,
                     pairs: set[tuple[str, str]]) -> dict[tuple[str, str], Recipient]:
     """The known details of each (drop_id, recipient_key), newest event's details first."""
-    out: dict[tuple[str, str], Recipient] = {}
     if not pairs:
-        return out
+        return {}
     e = _EVENTS.c
     q = (select(e.drop_id, e.recipient_key, *(e[name] for name in _DETAILS))
          .where(e.recipient_key.in_(list({k for _, k in pairs}))).order_by(e.event_at))
+    latest: dict[tuple[str, str], list[str | None]] = {}
     with engine.connect() as conn:
-        rows = conn.execute(q).all()
-    for drop_id, key, *details in rows:
-        pair = (drop_id, key)
-        if pair not in pairs:
-            continue
-        prev = out.get(pair)
-        if prev is not None:  # a later event's blank field keeps what an earlier one said
-            details = [d or getattr(prev, name) for d, name in zip(details, _DETAILS,
-                                                                    strict=True)]
-        out[pair] = Recipient(key, drop_id, *details)
-    return out
+        for drop_id, key, *details in conn.execute(q):
+            pair = (drop_id, key)
+            if pair not in pairs:
+                continue
+            known = latest.setdefault(pair, details)
+            if known is not details:  # a later event's blank field keeps an earlier one's
+                for i, value in enumerate(details):
+                    if value:
+                        known[i] = value
+    return {(drop_id, key): Recipient(key, drop_id, *details)
+            for (drop_id, key), details in latest.items()}
 
 
 @dataclass
