@@ -198,3 +198,27 @@ def test_a_recipient_s_details_are_each_field_s_newest_value(db_url: str):
     ada = who[("100", "r1")]
     assert (ada.email, ada.phone, ada.first_name, ada.last_name) == (
         "new@example.com", "+15550100", "Ada", None)
+
+
+def test_on_sqlite_a_time_is_stored_as_the_text_sqlalchemy_has_always_written():
+    # Stores written by earlier versions hold SQLAlchemy's DATETIME text: the faster
+    # processor must write the very same text, or equal times would stop comparing equal.
+    from datetime import timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from mailsync.store.models import UTCDateTime
+
+    dialect = sqlite.dialect()
+    ours = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    theirs = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    for value in (datetime(2026, 11, 20, 14, 3, tzinfo=UTC),
+                  datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+                  datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+                  datetime(2027, 1, 1, 4, 0, 0, 123, tzinfo=plus_five)):
+        assert ours(value) == theirs(value.astimezone(UTC).replace(tzinfo=None))
+    assert ours(datetime(2027, 1, 1, 4, tzinfo=plus_five)) == "2026-12-31 22:30:00.000000"
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        ours(datetime(2026, 11, 20))

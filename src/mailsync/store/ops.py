@@ -78,7 +78,8 @@ class _InsertShape:
     dialect: Dialect
     table: Table
     columns: tuple[str, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+    """(position, bind processor) of the columns that have one."""
 
     @staticmethod
     def of(dialect: Dialect, table: Table, first: dict[str, Any]) -> _InsertShape:
@@ -91,15 +92,17 @@ class _InsertShape:
     def rows_per_statement(self) -> int:
         return max(1, min(500, _MAX_PARAMS // len(self.columns)))
 
-    def values(self, row: dict[str, Any]) -> tuple[Any, ...]:
+    def values(self, row: dict[str, Any]) -> list[Any]:
         """A model row's values (from its `__dict__`, where pydantic keeps them), bound."""
+        values = list(map(row.get, self.columns))
         try:
-            return tuple(v if p is None or v is None else p(v)
-                         for v, p in zip(map(row.get, self.columns), self.processors,
-                                         strict=True))
+            for i, process in self.processors:
+                if values[i] is not None:
+                    values[i] = process(values[i])
         except Exception as exc:
             raise StatementError(f"a value of {self.table.name} could not be bound: {exc}",
                                  None, None, exc) from exc
+        return values
 
     def sql(self, rows: int, returning: str) -> str:
         return _insert_sql(self, rows, returning)
@@ -108,8 +111,10 @@ class _InsertShape:
 @functools.lru_cache(maxsize=64)
 def _shape(dialect: Dialect, table: Table, omit_id: bool) -> _InsertShape:
     cols = [c for c in table.columns if not (omit_id and c.key == "id")]
+    processors = ((i, c.type.dialect_impl(dialect).bind_processor(dialect))
+                  for i, c in enumerate(cols))
     return _InsertShape(dialect, table, tuple(c.key for c in cols),
-                        tuple(c.type.dialect_impl(dialect).bind_processor(dialect) for c in cols))
+                        tuple((i, p) for i, p in processors if p is not None))
 
 
 @functools.lru_cache(maxsize=256)

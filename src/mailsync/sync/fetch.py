@@ -29,7 +29,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from mailsync.config import CampaignConfig
 from mailsync.store.bookmark import load_bookmark, save_bookmark
@@ -136,9 +136,9 @@ def _stored_identities(session: Session, by_key: dict[str, list[tuple[object, Ma
     found = {k: memo.events[k] for k in by_key if k in memo.events}
     ask = [k for k in by_key if k not in found]
     if ask:
-        rows = session.exec(select(MailEvent.key, MailEvent.code, MailEvent.event_at,
-                                   MailEvent.recipient_key)
-                            .where(col(MailEvent.key).in_(ask))).all()
+        e = MailEvent.__table__.c  # type: ignore[attr-defined]
+        rows = session.connection().execute(
+            select(e.key, e.code, e.event_at, e.recipient_key).where(e.key.in_(ask)))
         found.update({key: (code, at, rkey) for key, code, at, rkey in rows})
         # Events a webhook stored first that an earlier walk read: known by their REST key.
         rest = [k for k in ask if k not in found]

@@ -60,14 +60,17 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[start:start + _CHUNK]
 
 
+_E = MailEvent.__table__.c  # type: ignore[attr-defined]
+"""Core columns: the poll's per-page reads skip the ORM's statement handling."""
+
+
 def stored_twins(session: Session, match_keys: Iterable[str | None]) -> dict[str, Twin]:
     """The stored event of each match key, if any."""
     keys = sorted({k for k in match_keys if k})
     out: dict[str, Twin] = {}
     for part in _chunks(keys):
-        rows = session.exec(select(MailEvent.match_key, MailEvent.key, MailEvent.source,
-                                   MailEvent.poll_key)
-                            .where(col(MailEvent.match_key).in_(part))).all()
+        rows = session.connection().execute(
+            select(_E.match_key, _E.key, _E.source, _E.poll_key).where(_E.match_key.in_(part)))
         out.update({m: Twin(k, EventSource(s), p) for m, k, s, p in rows if m})
     return out
 
@@ -96,9 +99,9 @@ def read_before(session: Session, keys: Sequence[str]) -> dict[str, ReadBefore]:
     """REST event keys the poll has read before on a webhook's row (its `poll_key`)."""
     out: dict[str, ReadBefore] = {}
     for part in _chunks(keys):
-        rows = session.exec(select(MailEvent.poll_key, MailEvent.code, MailEvent.event_at,
-                                   MailEvent.recipient_key, MailEvent.match_key)
-                            .where(col(MailEvent.poll_key).in_(part))).all()
+        rows = session.connection().execute(
+            select(_E.poll_key, _E.code, _E.event_at, _E.recipient_key, _E.match_key)
+            .where(_E.poll_key.in_(part)))
         out.update({p: ReadBefore(c, at, r, m) for p, c, at, r, m in rows if p})
     return out
 
