@@ -13,6 +13,7 @@ its match key alone (`w:<match key>`); a REST event keeps `e:<drop>:<EventId>`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -99,7 +100,9 @@ class Normalised:
         return self.quarantine.fingerprint
 
 
+@functools.lru_cache(maxsize=4096)
 def _fold(key: str) -> str:
+    # Cached: every event repeats the same few dozen keys (a quarter of normalising was this).
     return key.replace("_", "").replace("-", "").casefold()
 
 

@@ -61,7 +61,7 @@ def safe_link(url: str) -> tuple[str | None, str | None]:
     return quoted, None
 
 
-def note_body(event: MailEvent, campaign_name: str | None) -> str:
+def note_body(event: MailEvent, campaign_name: str | None, marker: str | None = None) -> str:
     """The note for one event, written for a person reading the contact's timeline.
 
     Every value from outside is one clean line, and only http(s) links are written: a note
@@ -85,7 +85,7 @@ def note_body(event: MailEvent, campaign_name: str | None) -> str:
             lines.append(f"Visited: {link}")
         elif dropped:
             lines.append(f"Visited: {dropped}")
-    lines.append(f"{MARKER_PREFIX}{marker_for(event.key)}")
+    lines.append(f"{MARKER_PREFIX}{marker or marker_for(event.key)}")
     return "\n".join(lines)
 
 

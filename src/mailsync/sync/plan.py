@@ -43,7 +43,8 @@ def plan_writes(events: Iterable[MailEvent], campaign: CampaignConfig,
                 WriteIntent,
                 intent_key=f"tag|{event.drop_id}|{event.recipient_key}|{code.value}",
                 kind=WriteKind.tag, tag=tag, **common))
+        marker = marker_for(event.key)
         rows.append(detached(WriteIntent, intent_key=f"note|{event.key}", kind=WriteKind.note,
-                                body=note_body(event, campaign.name),
-                                marker=marker_for(event.key), **common))
+                             body=note_body(event, campaign.name, marker), marker=marker,
+                             **common))
     return rows
