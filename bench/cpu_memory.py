@@ -69,7 +69,10 @@ WRITE_ROUTES = ("POST /contacts/{contactId}/notes", "POST /contacts/{contactId}/
 CHANGED = ("src/mailsync/sync/apply.py", "src/mailsync/store/ledger.py",
            "src/mailsync/store/ops.py", "src/mailsync/store/models.py",
            "src/mailsync/sync/resolve.py", "src/mailsync/sync/context.py",
-           "src/mailsync/clients/http.py", "src/mailsync/clients/highlevel.py")
+           "src/mailsync/clients/http.py", "src/mailsync/clients/highlevel.py",
+           "src/mailsync/sync/runner.py", "src/mailsync/sync/fetch.py",
+           "src/mailsync/sync/match.py", "src/mailsync/sync/normalise.py",
+           "src/mailsync/sync/notes.py", "src/mailsync/sync/plan.py")
 """What `--baseline REV` takes from REV (the files issue 17's item 1 changed); the rest of
 the tree is this one's."""
 ENDPOINTS = {"add_tags": "tags", "remove_tags": "tags", "create_note": "notes",
