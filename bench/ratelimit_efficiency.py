@@ -260,7 +260,11 @@ def details(runs: list[Run], writes: int, shipped: Run) -> list[str]:
         "real 10 s. When the ceiling row is below the allowed rate, this machine's client "
         "and server cannot send 1,000 requests/s with no limit at all (the CPU columns say "
         "which side is busy), and the pacer never waits: the figure at 0.01 then measures "
-        "the HTTP stack, and the figure at 0.1 measures the pacer.",
+        "the HTTP stack, and the figure at 0.1 measures the pacer. When it is above, the "
+        "pacer is the limit at 0.01 too, and the bound above is for steady latency: each "
+        "answer slower than the quickest one seen holds its place that much longer (by "
+        "design, since the server may have counted it late), and at 0.01 each millisecond "
+        "of that is 1 % of the window, against 0.01 % of HighLevel's real 10 s.",
     ]
 
 
