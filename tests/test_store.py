@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mailsync.cli.main import app
 from mailsync.store.engine import get_engine, head_revision, upgrade_database
 from mailsync.store.models import MailEvent, WriteIntent, detached
-from mailsync.store.ops import execute_many, insert_ignore
+from mailsync.store.ops import execute_many, insert_ignore, rows_where_in
 
 TABLES = {"campaigns", "mail_events", "quarantined_events", "contact_links", "write_ledger",
           "sync_runs", "location_leases", "oauth_tokens", "store_meta", "settled_contacts",
@@ -222,3 +222,18 @@ def test_on_sqlite_a_time_is_stored_as_the_text_sqlalchemy_has_always_written():
     assert ours(None) is None
     with pytest.raises(ValueError, match="naive"):
         ours(datetime(2026, 11, 20))
+
+
+def test_rows_are_read_by_key_in_chunks_with_their_column_types(db_url: str):
+    engine = get_engine(db_url)
+    with Session(engine) as s:
+        insert_ignore(s, [event(f"e{i}") for i in range(0, 1200, 2)])
+        s.commit()
+        asked = [f"e{i}" for i in range(1200)]  # more than one statement's worth
+        rows = rows_where_in(s.connection(), MailEvent.__table__,
+                             ("key", "event_at", "code"), "key", asked)
+    assert sorted(k for k, _, _ in rows) == sorted(f"e{i}" for i in range(0, 1200, 2))
+    assert {(at, code) for _, at, code in rows} == {
+        (datetime(2026, 11, 20, 14, 3, tzinfo=UTC), "Mailed")}  # aware, as SQLAlchemy reads it
+    with Session(engine) as s:
+        assert rows_where_in(s.connection(), MailEvent.__table__, ("key",), "key", []) == []

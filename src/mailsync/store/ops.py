@@ -58,7 +58,7 @@ def insert_ignore(
         chunk = rows[start:start + shape.rows_per_statement]
         sql = shape.sql(len(chunk), out)
         params = tuple(v for row in chunk for v in row)
-        inserted += conn.exec_driver_sql(sql, params).scalars().all()
+        inserted += [row[0] for row in conn.exec_driver_sql(sql, params)]
     return inserted
 
 
@@ -125,6 +125,73 @@ def _insert_sql(shape: _InsertShape, rows: int, returning: str) -> str:
     return (f"INSERT INTO {shape.dialect.identifier_preparer.format_table(shape.table)} "
             f"({', '.join(quote(c) for c in shape.columns)}) VALUES "
             f"{', '.join([one] * rows)} ON CONFLICT DO NOTHING RETURNING {quote(returning)}")
+
+
+def rows_where_in(conn: Connection, table: Table, columns: Sequence[str], key: str,
+                  values: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """`columns` of the rows of `table` whose `key` is one of `values`, with the columns'
+    result types applied; driver SQL cached per number of values.
+
+    A sync reads this way three times a page (which of its events are stored already); built
+    and run through SQLAlchemy with an expanding IN list, handling the statement cost more
+    than the read (bench/RESULTS.md, section 3).
+    """
+    shape = _select_shape(conn.dialect, table, tuple(columns), key)
+    out: list[tuple[Any, ...]] = []
+    for start in range(0, len(values), _SELECT_CHUNK):
+        part = tuple(shape.bind_key(v) for v in values[start:start + _SELECT_CHUNK])
+        out += [shape.row(r) for r in conn.exec_driver_sql(shape.sql(len(part)), part)]
+    return out
+
+
+_SELECT_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class _SelectShape:
+    """`SELECT columns FROM table WHERE key IN (...)` for one dialect, with the key's bind
+    processor and the columns' result processors."""
+
+    dialect: Dialect
+    table: Table
+    columns: tuple[str, ...]
+    key: str
+    key_processor: Callable[[Any], Any] | None
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+    def bind_key(self, value: Any) -> Any:
+        process = self.key_processor
+        return value if process is None or value is None else process(value)
+
+    def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        """A driver row with each column's result type applied."""
+        values = list(raw)
+        for i, process in self.processors:
+            values[i] = process(values[i])
+        return tuple(values)
+
+    def sql(self, count: int) -> str:
+        return _select_sql(self, count)
+
+
+@functools.lru_cache(maxsize=64)
+def _select_shape(dialect: Dialect, table: Table, columns: tuple[str, ...], key: str
+                  ) -> _SelectShape:
+    def impl(name: str) -> Any:
+        return table.c[name].type.dialect_impl(dialect)
+
+    found = ((i, impl(c).result_processor(dialect, None)) for i, c in enumerate(columns))
+    return _SelectShape(dialect, table, columns, key, impl(key).bind_processor(dialect),
+                        tuple((i, p) for i, p in found if p is not None))
+
+
+@functools.lru_cache(maxsize=256)
+def _select_sql(shape: _SelectShape, count: int) -> str:
+    quote = shape.dialect.identifier_preparer.quote
+    mark = "?" if shape.dialect.paramstyle == "qmark" else "%s"  # pysqlite; psycopg
+    return (f"SELECT {', '.join(quote(c) for c in shape.columns)} FROM "
+            f"{shape.dialect.identifier_preparer.format_table(shape.table)} "
+            f"WHERE {quote(shape.key)} IN ({', '.join([mark] * count)})")
 
 
 def execute_many(conn: Connection, stmt: ClauseElement,

@@ -34,7 +34,7 @@ from sqlmodel import Session, select
 from mailsync.config import CampaignConfig
 from mailsync.store.bookmark import load_bookmark, save_bookmark
 from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, WriteIntent
-from mailsync.store.ops import insert_ignore, write_isolating
+from mailsync.store.ops import insert_ignore, rows_where_in, write_isolating
 from mailsync.store.reasons import QuarantineReason
 from mailsync.sync import failpoints
 from mailsync.sync.match import PollMatch, identify_waiting, read_before, sort_polled
@@ -51,6 +51,8 @@ FetchPage = Callable[[int, int], Awaitable[list[Any]]]
 OnPlan = Callable[[Sequence[WriteIntent], Sequence[MailEvent]], None]
 """Told each page's newly planned ledger rows and the new events that caused them (a dry
 run rolls them back, so this is the only way to see what it would write)."""
+
+_EVENTS = MailEvent.__table__  # type: ignore[attr-defined]
 
 Identity = tuple[str, datetime, str]
 """What an event id must keep meaning: its code, time and recipient."""
@@ -136,9 +138,8 @@ def _stored_identities(session: Session, by_key: dict[str, list[tuple[object, Ma
     found = {k: memo.events[k] for k in by_key if k in memo.events}
     ask = [k for k in by_key if k not in found]
     if ask:
-        e = MailEvent.__table__.c  # type: ignore[attr-defined]
-        rows = session.connection().execute(
-            select(e.key, e.code, e.event_at, e.recipient_key).where(e.key.in_(ask)))
+        rows = rows_where_in(session.connection(), _EVENTS,
+                             ("key", "code", "event_at", "recipient_key"), "key", ask)
         found.update({key: (code, at, rkey) for key, code, at, rkey in rows})
         # Events a webhook stored first that an earlier walk read: known by their REST key.
         rest = [k for k in ask if k not in found]

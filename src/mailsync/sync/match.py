@@ -33,7 +33,7 @@ from sqlmodel import Session, col, select
 
 from mailsync.config import CampaignConfig
 from mailsync.store.models import EventSource, MailEvent, WriteIntent, detached
-from mailsync.store.ops import insert_ignore
+from mailsync.store.ops import insert_ignore, rows_where_in
 from mailsync.sync.normalise import RecipientKind, recipient_kind, unidentified_recipient
 from mailsync.sync.plan import plan_writes
 
@@ -60,19 +60,15 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[start:start + _CHUNK]
 
 
-_E = MailEvent.__table__.c  # type: ignore[attr-defined]
-"""Core columns: the poll's per-page reads skip the ORM's statement handling."""
+_EVENTS = MailEvent.__table__  # type: ignore[attr-defined]
 
 
 def stored_twins(session: Session, match_keys: Iterable[str | None]) -> dict[str, Twin]:
     """The stored event of each match key, if any."""
     keys = sorted({k for k in match_keys if k})
-    out: dict[str, Twin] = {}
-    for part in _chunks(keys):
-        rows = session.connection().execute(
-            select(_E.match_key, _E.key, _E.source, _E.poll_key).where(_E.match_key.in_(part)))
-        out.update({m: Twin(k, EventSource(s), p) for m, k, s, p in rows if m})
-    return out
+    rows = rows_where_in(session.connection(), _EVENTS,
+                         ("match_key", "key", "source", "poll_key"), "match_key", keys)
+    return {m: Twin(k, EventSource(s), p) for m, k, s, p in rows if m}
 
 
 @dataclass(frozen=True)
@@ -97,13 +93,10 @@ class ReadBefore:
 
 def read_before(session: Session, keys: Sequence[str]) -> dict[str, ReadBefore]:
     """REST event keys the poll has read before on a webhook's row (its `poll_key`)."""
-    out: dict[str, ReadBefore] = {}
-    for part in _chunks(keys):
-        rows = session.connection().execute(
-            select(_E.poll_key, _E.code, _E.event_at, _E.recipient_key, _E.match_key)
-            .where(_E.poll_key.in_(part)))
-        out.update({p: ReadBefore(c, at, r, m) for p, c, at, r, m in rows if p})
-    return out
+    rows = rows_where_in(session.connection(), _EVENTS,
+                         ("poll_key", "code", "event_at", "recipient_key", "match_key"),
+                         "poll_key", keys)
+    return {p: ReadBefore(c, at, r, m) for p, c, at, r, m in rows if p}
 
 
 # -- the poll's side --------------------------------------------------------------------------
