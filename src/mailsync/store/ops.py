@@ -52,7 +52,8 @@ def insert_ignore(
     dialect_insert(conn.dialect.name)  # refuses a database without ON CONFLICT
     out = returning or next(iter(table.primary_key.columns)).key
     shape = _InsertShape.of(conn.dialect, table, objs[0].__dict__)
-    rows = [shape.values(o.__dict__) for o in objs]
+    memo: dict[tuple[int, Any], Any] = {}
+    rows = [shape.values(o.__dict__, memo) for o in objs]
     inserted: list[Any] = []
     for start in range(0, len(rows), shape.rows_per_statement):
         chunk = rows[start:start + shape.rows_per_statement]
@@ -92,13 +93,13 @@ class _InsertShape:
     def rows_per_statement(self) -> int:
         return max(1, min(500, _MAX_PARAMS // len(self.columns)))
 
-    def values(self, row: dict[str, Any]) -> list[Any]:
-        """A model row's values (from its `__dict__`, where pydantic keeps them), bound."""
+    def values(self, row: dict[str, Any], memo: dict[tuple[int, Any], Any]) -> list[Any]:
+        """A model row's values (from its `__dict__`, where pydantic keeps them), bound; a
+        value seen before in the same column is bound once (`memo`: one per batch)."""
         values = list(map(row.get, self.columns))
         try:
             for i, process in self.processors:
-                if values[i] is not None:
-                    values[i] = process(values[i])
+                values[i] = _bound_once(memo, i, values[i], process)
         except Exception as exc:
             raise StatementError(f"a value of {self.table.name} could not be bound: {exc}",
                                  None, None, exc) from exc
@@ -240,16 +241,22 @@ class _ManyShape:
 
     def _bind(self, memo: dict[tuple[int, Any], Any], i: int, value: Any) -> Any:
         process = self.processors[i]
-        if process is None or value is None:
-            return value
-        key = (i, value)
-        try:
-            return memo[key]
-        except KeyError:
-            memo[key] = bound = process(value)
-            return bound
-        except TypeError:  # unhashable (a JSON value): bound each time
-            return process(value)
+        return value if process is None else _bound_once(memo, i, value, process)
+
+
+def _bound_once(memo: dict[tuple[int, Any], Any], i: int, value: Any,
+                process: Callable[[Any], Any]) -> Any:
+    """`process(value)` for column `i`, computed once per distinct value in `memo`."""
+    if value is None:
+        return None
+    key = (i, value)
+    try:
+        return memo[key]
+    except KeyError:
+        memo[key] = bound = process(value)
+        return bound
+    except TypeError:  # unhashable (a JSON value): bound each time
+        return process(value)
 
 
 @functools.lru_cache(maxsize=128)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from mailsync.codes import EventCode, tag_for
 from mailsync.config import CampaignConfig
-from mailsync.store.models import MailEvent, WriteIntent, WriteKind, detached
+from mailsync.store.models import MailEvent, WriteIntent, WriteKind, detached, utcnow
 from mailsync.sync.notes import marker_for, note_body
 
 
@@ -22,6 +22,7 @@ def plan_writes(events: Iterable[MailEvent], campaign: CampaignConfig,
     """The ledger rows that new events of a campaign cause."""
     selected = campaign.selected_codes
     retrigger = set(campaign.retrigger)
+    now = utcnow()  # one time for the batch: each distinct time costs a conversion to store
     rows: list[WriteIntent] = []
     for event in events:
         code = EventCode(event.code)
@@ -29,7 +30,8 @@ def plan_writes(events: Iterable[MailEvent], campaign: CampaignConfig,
             continue
         common = {"location_id": campaign.location, "drop_id": event.drop_id,
                   "recipient_key": event.recipient_key, "event_key": event.key,
-                  "code": code.value, "contact_id": None, "run_id": run_id}
+                  "code": code.value, "contact_id": None, "run_id": run_id,
+                  "created_at": now, "updated_at": now}
         tag = tag_for(code)
         if code in retrigger:
             rows.append(detached(WriteIntent, intent_key=f"untag|{event.key}",
