@@ -112,8 +112,7 @@ class _InsertShape:
 @functools.lru_cache(maxsize=64)
 def _shape(dialect: Dialect, table: Table, omit_id: bool) -> _InsertShape:
     cols = [c for c in table.columns if not (omit_id and c.key == "id")]
-    processors = ((i, c.type.dialect_impl(dialect).bind_processor(dialect))
-                  for i, c in enumerate(cols))
+    processors = ((i, _bind_processor(c.type, dialect)) for i, c in enumerate(cols))
     return _InsertShape(dialect, table, tuple(c.key for c in cols),
                         tuple((i, p) for i, p in processors if p is not None))
 
@@ -121,8 +120,7 @@ def _shape(dialect: Dialect, table: Table, omit_id: bool) -> _InsertShape:
 @functools.lru_cache(maxsize=256)
 def _insert_sql(shape: _InsertShape, rows: int, returning: str) -> str:
     quote = shape.dialect.identifier_preparer.quote
-    mark = "?" if shape.dialect.paramstyle == "qmark" else "%s"  # pysqlite; psycopg
-    one = "(" + ", ".join([mark] * len(shape.columns)) + ")"
+    one = "(" + ", ".join([_placeholder(shape.dialect)] * len(shape.columns)) + ")"
     return (f"INSERT INTO {shape.dialect.identifier_preparer.format_table(shape.table)} "
             f"({', '.join(quote(c) for c in shape.columns)}) VALUES "
             f"{', '.join([one] * rows)} ON CONFLICT DO NOTHING RETURNING {quote(returning)}")
@@ -178,21 +176,29 @@ class _SelectShape:
 @functools.lru_cache(maxsize=64)
 def _select_shape(dialect: Dialect, table: Table, columns: tuple[str, ...], key: str
                   ) -> _SelectShape:
-    def impl(name: str) -> Any:
-        return table.c[name].type.dialect_impl(dialect)
-
-    found = ((i, impl(c).result_processor(dialect, None)) for i, c in enumerate(columns))
-    return _SelectShape(dialect, table, columns, key, impl(key).bind_processor(dialect),
+    found = ((i, table.c[c].type.dialect_impl(dialect).result_processor(dialect, None))
+             for i, c in enumerate(columns))
+    return _SelectShape(dialect, table, columns, key, _bind_processor(table.c[key].type, dialect),
                         tuple((i, p) for i, p in found if p is not None))
 
 
 @functools.lru_cache(maxsize=256)
 def _select_sql(shape: _SelectShape, count: int) -> str:
     quote = shape.dialect.identifier_preparer.quote
-    mark = "?" if shape.dialect.paramstyle == "qmark" else "%s"  # pysqlite; psycopg
     return (f"SELECT {', '.join(quote(c) for c in shape.columns)} FROM "
             f"{shape.dialect.identifier_preparer.format_table(shape.table)} "
-            f"WHERE {quote(shape.key)} IN ({', '.join([mark] * count)})")
+            f"WHERE {quote(shape.key)} IN ({', '.join([_placeholder(shape.dialect)] * count)})")
+
+
+def _placeholder(dialect: Dialect) -> str:
+    return "?" if dialect.paramstyle == "qmark" else "%s"  # pysqlite; psycopg
+
+
+def _bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """A column type's bind processor as the dialect runs it: from the dialect's own type,
+    whose processors write the database's form (the generic type's pass a SQLite time on to
+    sqlite3's adapter, another text form)."""
+    return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 def execute_many(conn: Connection, stmt: ClauseElement,
@@ -206,7 +212,7 @@ def execute_many(conn: Connection, stmt: ClauseElement,
     Not for statements with an expanding IN list.
     """
     if rows:
-        conn.exec_driver_sql(*_ManyShape.of(conn.dialect, stmt).bound(rows))
+        conn.exec_driver_sql(*_many_shape(conn.dialect, stmt).bound(rows))
 
 
 @dataclass(frozen=True)
@@ -219,10 +225,6 @@ class _ManyShape:
     positional: bool
     fixed: Mapping[str, Any]
     processors: tuple[Callable[[Any], Any] | None, ...]
-
-    @staticmethod
-    def of(dialect: Dialect, stmt: ClauseElement) -> _ManyShape:
-        return _many_shape(dialect, stmt)
 
     def bound(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
         """The SQL and its parameter sets, bound (tuples, or dicts for a named paramstyle)."""
@@ -264,8 +266,7 @@ def _many_shape(dialect: Dialect, stmt: ClauseElement) -> _ManyShape:
     compiled = stmt.compile(dialect=dialect)
     positional = compiled.positiontup is not None
     names = tuple(compiled.positiontup) if positional else tuple(compiled.params)
-    processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-                       for name in names)
+    processors = tuple(_bind_processor(compiled.binds[name].type, dialect) for name in names)
     fixed = {k: v for k, v in compiled.params.items() if v is not None}
     return _ManyShape(compiled.string, names, positional, fixed, processors)
 
