@@ -92,7 +92,10 @@ def test_many_rows_go_in_several_statements_and_only_new_ones_come_back(db_url: 
 def test_timestamps_written_as_driver_sql_compare_equal_to_sqlalchemy_s(db_url: str):
     # SQLite keeps timestamps as text: a row written with another text form than the one
     # SQLAlchemy binds (sqlite3's own adapter writes "+00:00" and drops ".000000") is not
-    # found by its own time, and sorts before it.
+    # found by its own time, and sorts before it. Each row's own time must be written, not
+    # another row's (values are bound once per distinct value in a batch).
+    from datetime import timedelta
+
     engine = get_engine(db_url)
     at = datetime(2026, 11, 20, 14, 3, tzinfo=UTC)
     now = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
@@ -101,19 +104,26 @@ def test_timestamps_written_as_driver_sql_compare_equal_to_sqlalchemy_s(db_url: 
         status="done", remote_id=sa.bindparam("v_remote"),
         updated_at=sa.bindparam("now", type_=writes.c.updated_at.type))
     with Session(engine) as s:
-        insert_ignore(s, [event("e1"), event("e2")])
-        ids = insert_ignore(s, [tag_intent(), detached(
+        later = detached(MailEvent, key="e3", drop_id="100", recipient_key="r1",
+                         code="Mailed", event_at=at + timedelta(hours=1))
+        insert_ignore(s, [event("e1"), later, event("e2")])
+        ids = sorted(insert_ignore(s, [tag_intent(), detached(
             WriteIntent, intent_key="note|e1", kind="note", location_id="loc1", drop_id="100",
-            recipient_key="r1", code="Mailed")])
-        execute_many(s.connection(), done, [{"row_id": i, "v_remote": f"n{i}", "now": now}
-                                            for i in ids])
+            recipient_key="r1", code="Mailed")]))
+        execute_many(s.connection(), done, [
+            {"row_id": i, "v_remote": f"n{i}", "now": now + timedelta(seconds=n)}
+            for n, i in enumerate(ids)])
         s.commit()
-        assert len(s.exec(select(MailEvent).where(MailEvent.event_at == at)).all()) == 2
+        assert sorted(e.key for e in s.exec(
+            select(MailEvent).where(MailEvent.event_at == at)).all()) == ["e1", "e2"]
+        assert [e.key for e in s.exec(
+            select(MailEvent).where(MailEvent.event_at == later.event_at)).all()] == ["e3"]
         assert s.exec(select(func.count()).select_from(MailEvent)
                       .where(MailEvent.event_at < at)).one() == 0
-        stored = s.exec(select(WriteIntent).where(WriteIntent.updated_at == now)).all()
-    assert sorted((w.id, w.status, w.remote_id) for w in stored) == [
-        (i, "done", f"n{i}") for i in sorted(ids)]
+        for n, i in enumerate(ids):
+            stored = s.exec(select(WriteIntent).where(
+                WriteIntent.updated_at == now + timedelta(seconds=n))).all()
+            assert [(w.id, w.status, w.remote_id) for w in stored] == [(i, "done", f"n{i}")]
 
 
 def test_a_value_a_column_cannot_bind_is_a_statement_error_like_sqlalchemy_s(db_url: str):
