@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 
@@ -190,29 +191,29 @@ location = "loc-1"
 """
 
 
-def _silent_env(tmp_path: Path, silent: socket.socket) -> dict[str, str]:
+@pytest.fixture
+def silent_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment of a sync whose Postalytics takes the connection and never answers:
     the run is still going when a signal comes (a refused port let it end first)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
     config = tmp_path / "mailsync.toml"
     config.write_text(_SILENT_CONFIG.format(db=tmp_path / "ms.db", port=silent.getsockname()[1],
                                             closed=CLOSED))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSYNC_")}
     env.update({"MAILSYNC_CONFIG": str(config), "T_1": "tok-123456", "POSTALYTICS_API_KEY": "k"})
-    return env
+    with silent:
+        yield env
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.7, 1.2, 3.0])
-def test_ctrl_c_at_any_moment_is_quiet(tmp_path: Path, delay: float) -> None:
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    env = _silent_env(tmp_path, silent)
-    proc = _sync_with_sigint(env, signal.SIG_DFL)
+def test_ctrl_c_at_any_moment_is_quiet(silent_env: dict[str, str], delay: float) -> None:
+    proc = _sync_with_sigint(silent_env, signal.SIG_DFL)
     time.sleep(delay)  # from loading the command (imports) to the run itself
     assert proc.poll() is None, "the command ended before the signal"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
-    silent.close()
     assert proc.returncode == 130, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert len(_lines(out)) <= 2, out
@@ -226,13 +227,11 @@ def _sync_with_sigint(env: dict[str, str], disposition: signal.Handlers) -> subp
                             preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
 
 
-def test_a_sync_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
+def test_a_sync_started_with_sigint_ignored_keeps_ignoring_it(silent_env: dict[str, str]
+                                                              ) -> None:
     # As a shell script's `mailsync sync &`: ignored from the start to the end, not only
     # while the command loads (Postalytics never answers, so the run is still going).
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    proc = _sync_with_sigint(_silent_env(tmp_path, silent), signal.SIG_IGN)
+    proc = _sync_with_sigint(silent_env, signal.SIG_IGN)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("store: ")  # the command is running
@@ -242,7 +241,6 @@ def test_a_sync_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) ->
     finally:
         proc.kill()
         proc.communicate()
-        silent.close()
 
 
 def test_a_log_console_is_plain(tmp_path: Path) -> None:
