@@ -13,9 +13,11 @@ from sqlmodel import Session, SQLModel, func, select
 from typer.testing import CliRunner
 
 from mailsync.cli.main import app
+from mailsync.store import ledger
 from mailsync.store.engine import get_engine, head_revision, upgrade_database
-from mailsync.store.models import MailEvent, WriteIntent, detached
+from mailsync.store.models import MailEvent, WriteIntent, WriteStatus, detached
 from mailsync.store.ops import execute_many, insert_ignore, rows_where_in
+from mailsync.store.reasons import Reason
 
 TABLES = {"campaigns", "mail_events", "quarantined_events", "contact_links", "write_ledger",
           "sync_runs", "location_leases", "oauth_tokens", "store_meta", "settled_contacts",
@@ -247,3 +249,45 @@ def test_rows_are_read_by_key_in_chunks_with_their_column_types(db_url: str):
         (datetime(2026, 11, 20, 14, 3, tzinfo=UTC), "Mailed")}  # aware, as SQLAlchemy reads it
     with Session(engine) as s:
         assert rows_where_in(s.connection(), MailEvent.__table__, ("key",), "key", []) == []
+
+
+def _ledger_rows(engine: sa.Engine, n: int) -> list[int]:
+    rows = [detached(WriteIntent, intent_key=f"note|e{i}", kind="note", location_id="loc1",
+                     drop_id="100", recipient_key="r1", event_key=f"e{i}", code="Mailed",
+                     body="b", marker=f"ms-{i}") for i in range(n)]
+    with Session(engine) as s:
+        insert_ignore(s, rows)
+        s.commit()
+        return list(s.exec(select(WriteIntent.id).order_by(WriteIntent.id)).all())
+
+
+def test_a_batch_links_rows_and_marks_notes_sending_as_the_two_steps_would(db_url: str):
+    """A chunk's first commit points rows at their contact and marks its notes as being
+    sent; a row with its own outcome in the batch keeps that outcome."""
+    engine = get_engine(db_url)
+    linked_sent, linked_only, sent_only, linked_told = _ledger_rows(engine, 4)
+    batch = ledger.Batch("loc1", links=[(linked_sent, "c1"), (linked_only, "c1"),
+                                        (linked_told, "c2")],
+                         sending=[linked_sent, sent_only, linked_told],
+                         outcomes=[ledger.RowOutcome(linked_told, WriteStatus.rejected,
+                                                     Reason.contact_gone, "gone")])
+    ledger.write(engine, batch)
+    with Session(engine) as s:
+        got = {r.id: (r.contact_id, r.status, r.reason_code)
+               for r in s.exec(select(WriteIntent)).all()}
+    assert got == {
+        linked_sent: ("c1", WriteStatus.unknown, Reason.sending),
+        linked_only: ("c1", WriteStatus.pending, None),
+        sent_only: (None, WriteStatus.unknown, Reason.sending),
+        # What the two steps in turn leave: linked, its outcome, then marked as being sent.
+        linked_told: ("c2", WriteStatus.unknown, Reason.sending),
+    }
+
+
+def test_none_is_stored_as_sql_null(db_url: str):
+    engine = get_engine(db_url)
+    with Session(engine) as s:
+        insert_ignore(s, [event("e1")])  # url, names, email, phone: None
+        s.commit()
+        assert s.exec(select(func.count()).select_from(MailEvent).where(
+            MailEvent.url.is_(None), MailEvent.email.is_(None))).one() == 1
