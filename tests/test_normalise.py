@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mailsync.store.models import MailEvent
 from mailsync.store.reasons import QuarantineReason
-from mailsync.sync.normalise import clean_text, normalise
+from mailsync.sync.normalise import clean_text, match_key, normalise, short_hash
 
 GOOD = {"EventId": "a1b2", "Event": "Processed for Delivery",
         "EventDate": "2026-11-20T14:03:00Z", "ExpectedDeliveryDate": "2026-11-21",
@@ -161,3 +161,15 @@ def test_fuzz_any_input_is_an_event_or_quarantined_never_a_crash(raw: object):
             assert_storable(value)
             limit = getattr(MailEvent.__table__.c[name].type, "length", None)
             assert limit is None or value is None or len(value) <= limit
+
+
+@pytest.mark.parametrize(("at", "digest"), [
+    (datetime(2026, 11, 20, 14, 3, 7, 250000, tzinfo=UTC),
+     "01d2d4436682dbb83f6dbca50f5be0df801cc3ae"),
+    (datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC), "a70c3cf6da90098cd416b9336687776f7f578837"),
+])
+def test_match_keys_stay_what_earlier_versions_stored(at: datetime, digest: str):
+    """A stored event is found again by its match key: the key of the same event must not
+    change between versions (these digests are what earlier versions wrote)."""
+    assert match_key("40211", "Mailed", at, "p1") == digest
+    assert short_hash("a", None, 3, "b") == "a58d3471560d3307e0bf063471cbf7c3"
