@@ -17,6 +17,11 @@ HTTP client CPU per request = (2)'s CPU / its requests, per API. mailsync's own 
 httpcore, the TLS context) is done before (1)'s clock, as the replay never pays it. The
 same split over the apply alone starts (1)'s clock at its first HighLevel call.
 
+The split differences two CPU totals from one process a few seconds apart, so it swings with
+the machine. Each round also runs one sync under py-spy (which stops it briefly at each
+sample) and counts its samples in the HTTP client's code (`HTTP_CODE`) against the rest:
+both parts of that ratio come from the same moments.
+
 A high time scale keeps the rate limits out of the way, so the sync runs as fast as its CPU
 allows. Each size also gets one sync for peak RSS (`getrusage`), which must stay flat.
 """
@@ -78,6 +83,12 @@ CHANGED = ("src/mailsync/sync/apply.py", "src/mailsync/store/ledger.py",
            "src/mailsync/store/engine.py")
 """What `--baseline REV` takes from REV (the files issue 17's item 1 changed); the rest of
 the tree is this one's."""
+PROFILE_RATE = 250  # samples per second of py-spy's profile of the sync
+HTTP_CODE = ("/httpx/", "/httpcore/", "/h11/", "/anyio/", "/sniffio/", "/mailsync/clients/",
+             ";_SelectorSocketTransport.")
+"""A profile sample is the HTTP client's when one of its frames is in one of these: the HTTP
+stack, mailsync's clients (pacing, retries, auth: what the replay sends through too), or
+asyncio's socket transport (the sync's only sockets are the two APIs')."""
 ENDPOINTS = {"add_tags": "tags", "remove_tags": "tags", "create_note": "notes",
              "list_notes": "notes", "get_contact": "notes", "find_contact": "",
              "upsert_contact": ""}
@@ -252,12 +263,43 @@ async def _replay_pages(ctx: Any, pages: list[list[Any]]) -> None:
 
 # -- in the parent ------------------------------------------------------------------------
 
-def _run_child(src: Path, *args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "bench.cpu_memory", *args], cwd=ROOT,
-                          env=child_env(src), capture_output=True, text=True, timeout=3600)
+def _run_child(src: Path, *args: str, profile: Path | None = None) -> dict[str, Any]:
+    """Run a child; with `profile`, under py-spy, its samples written there."""
+    cmd = [sys.executable, "-m", "bench.cpu_memory", *args]
+    if profile is not None:
+        # Not --nonblocking: reading a running process's stacks fails on a third of the
+        # samples, the HTTP stack's quick frames most, which would bias the split.
+        cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--full-filenames",
+               "--format", "raw", "--rate", str(PROFILE_RATE), "--output", str(profile),
+               "--", *cmd]
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(src), capture_output=True, text=True,
+                          timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"child {args[:2]} failed: {proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    # py-spy prints its own lines too: the child's is the last JSON line.
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def _sync_frame() -> str:
+    """How a profile names `child_sync`'s frame while the timed `run_sync` runs."""
+    lines = Path(__file__).read_text().splitlines()
+    number = next(i for i, line in enumerate(lines, 1)
+                  if "summary = asyncio.run(run_sync(" in line)
+    return f"cpu_memory.py:{number})"
+
+
+def attribute(raw: str, sync_frame: str) -> dict[str, int]:
+    """Samples of the timed sync in a py-spy raw profile: the HTTP client's (`HTTP_CODE`)
+    and the rest, mailsync's own (the event loop's own work included)."""
+    counts = {"http_samples": 0, "own_samples": 0}
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not any(f.startswith("child_sync (") and f.endswith(sync_frame)
+                   for f in stack.split(";")):
+            continue
+        http = any(part in stack for part in HTTP_CODE)
+        counts["http_samples" if http else "own_samples"] += int(n)
+    return counts
 
 
 def _sandbox(events: int) -> SandboxProcess:
@@ -265,9 +307,11 @@ def _sandbox(events: int) -> SandboxProcess:
     return SandboxProcess(seed=11, contacts=contacts, time_scale=TIME_SCALE, oauth_locations=0)
 
 
-def sync_once(events: int, src: Path, twin: bool = False) -> dict[str, Any]:
+def sync_once(events: int, src: Path, twin: bool = False, profile: bool = False
+              ) -> dict[str, Any]:
     """A sandbox with all events emitted, then the sync in its own process; with `twin`, a
-    second sandbox like the first, where that process replays the sync's HighLevel calls."""
+    second sandbox like the first, where that process replays the sync's HighLevel calls;
+    with `profile`, the sync runs under py-spy and its samples are attributed."""
     with _sandbox(events) as sb, workdir(NAME) as tmp, sandbox_env(sb.manifest(), tmp) as config, \
             (_sandbox(events) if twin else contextlib.nullcontext()) as other:
         emitted = sb.advance_all()
@@ -275,8 +319,11 @@ def sync_once(events: int, src: Path, twin: bool = False) -> dict[str, Any]:
             other.advance_all()
             other.reset_stats()
         sb.reset_stats()
+        spy = tmp / "profile.txt" if profile else None
         out = _run_child(src, "--child-sync", str(config),
-                         *(["--twin", other.url] if other is not None else []))
+                         *(["--twin", other.url] if other is not None else []), profile=spy)
+        if spy is not None:
+            out["profile"] = attribute(spy.read_text(), _sync_frame())
         if out["errors"] or out["capped"]:
             raise RuntimeError(f"sync reported errors: {out['errors']}")
         hl = sb.stats()["highlevel"]
@@ -294,7 +341,8 @@ def highlevel_total(sb: SandboxProcess) -> int:
 
 
 def split_round(events: int, src: Path) -> dict[str, Any]:
-    """One sync and its replay; the split, per write."""
+    """One sync and its replay, and one sync under the profiler; the split, per write."""
+    profiled = sync_once(events, src, profile=True)["profile"]
     sync = sync_once(events, src, twin=True)
     replay = sync["replay"]
     writes = max(sync["writes"], 1)
@@ -313,6 +361,8 @@ def split_round(events: int, src: Path) -> dict[str, Any]:
             "apply_own_ms_per_write": 1000 * (apply_cpu - hl_http) / writes,
             "fetch_ms_per_write": 1000 * (sync["fetch_cpu_s"] - pa_http) / writes,
             "ratio": (sync["cpu_s"] - http) / http,
+            "profile_ratio": profiled["own_samples"] / max(profiled["http_samples"], 1),
+            "profile_samples": profiled["own_samples"] + profiled["http_samples"],
             "ratio_postalytics_as_own": (sync["cpu_s"] - hl_http) / hl_http,
             "apply_ratio": (apply_cpu - hl_http) / hl_http,
             "apply_statements_per_write": sync["apply_statements"] / writes,
@@ -347,6 +397,9 @@ def add_split(rep: Report, split: dict[str, list[dict]], events: int) -> None:
             f"{len(runs)})", ratio, f"≤ {OWN_TARGET}", ratio <= OWN_TARGET)
     rep.add("the same, apply only (fetch, normalise and plan left out)",
             _median(runs, "apply_ratio"), fmt="{:.3f}")
+    rep.add("the same, full sync, from a sampling profile of the sync (py-spy: samples in "
+            "the HTTP client's code against the rest, in one process at the same moments; "
+            f"median of {len(runs)})", _median(runs, "profile_ratio"), fmt="{:.3f}")
     rep.add("the same, full sync, with Postalytics' client counted as mailsync's own (how "
             "this section counted until 2026-12-03)", _median(runs, "ratio_postalytics_as_own"),
             fmt="{:.3f}")
@@ -365,6 +418,7 @@ def add_split(rep: Report, split: dict[str, list[dict]], events: int) -> None:
                          f"{r['pa_ms_per_request']:.3f}", f"{r['http_ms_per_write']:.3f}",
                          f"{r['own_ms_per_write']:.3f}", f"{r['fetch_ms_per_write']:.3f}",
                          f"{r['apply_own_ms_per_write']:.3f}", f"{r['ratio']:.3f}",
+                         f"{r['profile_ratio']:.3f} ({r['profile_samples']:,})",
                          f"{r['apply_ratio']:.3f}", f"{r['apply_statements_per_write']:.2f}",
                          f"{r['apply_commits_per_write']:.3f}"])
     http = [r["http_ms_per_request"] for r in runs]
@@ -377,7 +431,8 @@ def add_split(rep: Report, split: dict[str, list[dict]], events: int) -> None:
         ["code", "round", "writes", "HL requests (sync)", "HL requests (replay)",
          "PA pages", "CPU ms/write", "HL ms/request", "PA ms/page", "HTTP ms/write",
          "own ms/write",
-         "of which fetch+plan ms/write", "own ms/write, apply", "own/HTTP", "own/HTTP, apply",
+         "of which fetch+plan ms/write", "own ms/write, apply", "own/HTTP",
+         "own/HTTP, profile (samples)", "own/HTTP, apply",
          "apply statements/write", "apply commits/write"], rows)
 
 
@@ -475,7 +530,15 @@ def build_report(split: dict[str, list[dict]], sizes: list[dict[str, Any]], even
         "it does once per process (httpx imports httpcore with its first transport; the "
         "TLS context): the replay, run after the sync, never pays that. Until 2026-12-03 "
         "this section counted Postalytics' client and that one-time work as mailsync's "
-        "own; the figure counted that way is in the table. `apply` starts (1)'s clock at "
+        "own: the ratio with Postalytics' client counted as own is given above (the "
+        "one-time work is now outside the clock either way). **The profile**: each round also "
+        f"runs one more sync (same sizes, its own sandbox) under py-spy, {PROFILE_RATE} "
+        "samples a second (each stops it for a moment, so its CPU is not the other "
+        "figures'); a sample of the timed sync is the HTTP client's when one of its "
+        "frames is in httpx, httpcore, h11, anyio, sniffio, "
+        "`mailsync/clients/` or asyncio's socket transport, and mailsync's own otherwise "
+        "(the event loop's own work included). Its ratio does not swing with the machine, "
+        "as both parts are sampled at the same moments. `apply` starts (1)'s clock at "
         "its first HighLevel call. The headline figures are medians over rounds"
         + (f"; the baseline (`{baseline}`: this tree with {', '.join(CHANGED)} as they "
            "were there) ran interleaved with this tree, round by round."

@@ -67,3 +67,21 @@ def test_results_sections_are_replaced_not_duplicated(tmp_path: Path) -> None:
     # Sections keep the benchmarks' order whatever order they were written in.
     assert text.index("ratelimit_efficiency -->") < text.index("cpu_memory -->")
     assert "| x | 2.000 | ≥ 1 | PASS |" in text
+
+
+def test_a_profile_sample_is_the_http_client_s_when_any_frame_is_in_its_code() -> None:
+    from bench.cpu_memory import attribute
+
+    timed = "child_sync (/t/bench/cpu_memory.py:40)"
+    raw = "\n".join([
+        f"main (/t/bench/cpu_memory.py:9);{timed};_run_once (/py/asyncio/base_events.py:1)"
+        ";send (/t/src/mailsync/clients/http.py:3);request (/v/site-packages/httpx/_c.py:5) 7",
+        f"main (/t/bench/cpu_memory.py:9);{timed};_store_page (/t/src/mailsync/sync/fetch.py:2)"
+        ";do_execute (/v/site-packages/sqlalchemy/engine/default.py:9) 3",
+        f"main (/t/bench/cpu_memory.py:9);{timed};_run_once (/py/asyncio/base_events.py:1)"
+        ";_SelectorSocketTransport._read_ready (/py/asyncio/selector_events.py:8) 2",
+        # Before the clock: not counted.
+        "main (/t/bench/cpu_memory.py:9);child_sync (/t/bench/cpu_memory.py:39);"
+        "get (/v/site-packages/httpx/_c.py:5) 50",
+    ])
+    assert attribute(raw, "cpu_memory.py:40)") == {"http_samples": 9, "own_samples": 3}
