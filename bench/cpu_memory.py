@@ -20,7 +20,7 @@ same split over the apply alone starts (1)'s clock at its first HighLevel call.
 The split differences two CPU totals from one process a few seconds apart, so it swings with
 the machine. Each round also runs one sync under py-spy (which stops it briefly at each
 sample) and counts its samples in the HTTP client's code (`HTTP_CODE`) against the rest:
-both parts of that ratio come from the same moments, so it is the headline figure.
+both parts of that ratio come from the same moments, so it swings less: the headline.
 
 A high time scale keeps the rate limits out of the way, so the sync runs as fast as its CPU
 allows. Each size also gets one sync for peak RSS (`getrusage`), which must stay flat.
@@ -423,12 +423,14 @@ def add_split(rep: Report, split: dict[str, list[dict]], events: int) -> None:
                          f"{r['apply_ratio']:.3f}", f"{r['apply_statements_per_write']:.2f}",
                          f"{r['apply_commits_per_write']:.3f}"])
     http = [r["http_ms_per_request"] for r in runs]
+    replayed = [r["ratio"] for r in runs]
+    sampled = [r["profile_ratio"] for r in runs]
     rep.details += [
         f"The replay's CPU per request ranged from {min(http):.3f} to {max(http):.3f} ms over "
-        "this tree's rounds (the sync's CPU per write varies far less), and mailsync's own "
-        "is the difference of two CPU totals, so one round's ratio swings with it. The "
-        "profile's ratio, both parts sampled at the same moments, does not: it is the "
-        "headline.", ""]
+        "this tree's rounds, and mailsync's own is the difference of two CPU totals, so "
+        f"own/HTTP from the replay ranged from {min(replayed):.3f} to {max(replayed):.3f}. "
+        "py-spy's ratio, both parts sampled at the same moments, ranged from "
+        f"{min(sampled):.3f} to {max(sampled):.3f}: it is the headline.", ""]
     rep.details += md_table(
         ["code", "round", "writes", "HL requests (sync)", "HL requests (replay)",
          "PA pages", "CPU ms/write", "HL ms/request", "PA ms/page", "HTTP ms/write",
