@@ -172,4 +172,9 @@ def test_match_keys_stay_what_earlier_versions_stored(at: datetime, digest: str)
     """A stored event is found again by its match key: the key of the same event must not
     change between versions (these digests are what earlier versions wrote)."""
     assert match_key("40211", "Mailed", at, "p1") == digest
+
+
+def test_a_short_hash_of_parts_that_are_not_all_text_stays_what_it_was():
+    """None is an empty part and a number its text, as before text parts were joined
+    directly."""
     assert short_hash("a", None, 3, "b") == "a58d3471560d3307e0bf063471cbf7c3"
