@@ -230,8 +230,10 @@ class WriteIntent(SQLModel, table=True):
     __tablename__ = "write_ledger"
     __table_args__ = (
         UniqueConstraint("intent_key", name="uq_write_ledger_intent"),
+        # The only index holding the status, which every stored outcome changes: the apply
+        # selects by location and status; by campaign, every status is read (migration 0005).
         Index("ix_write_ledger_location_status", "location_id", "status"),
-        Index("ix_write_ledger_drop_status", "drop_id", "status"),
+        Index("ix_write_ledger_drop_id", "drop_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
