@@ -50,6 +50,45 @@ def test_migrated_schema_matches_the_models(db_url: str):
     assert diff == []
 
 
+def test_a_store_from_before_0005_keeps_its_ledger_and_indexes_it_by_campaign(db_url: str):
+    from alembic import command
+
+    from mailsync.store.engine import _alembic_config, _engine, normalise_url
+
+    url = normalise_url(db_url)
+    cfg = _alembic_config(url)
+    with _engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+    with Session(_engine(url)) as s:
+        insert_ignore(s, [tag_intent()])
+        s.commit()
+    engine = get_engine(db_url)  # upgrades to head
+    indexes = {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("write_ledger")}
+    # Storing an outcome changes the status: one index holds it, not two.
+    assert [n for n, cols in indexes.items() if "status" in cols] == [
+        "ix_write_ledger_location_status"]
+    assert indexes["ix_write_ledger_drop_id"] == ["drop_id"]
+    with Session(engine) as s:
+        [row] = s.exec(select(WriteIntent)).all()
+    assert (row.intent_key, row.drop_id, row.status) == ("tag|100|r1|Mailed", "100", "pending")
+
+
+def test_sqlite_connections_reuse_the_last_one_with_its_cache(tmp_path):
+    engine = get_engine(f"sqlite:///{tmp_path / 'pool.db'}")
+    with engine.connect() as first:
+        first_dbapi = first.connection.driver_connection
+        with engine.connect() as other:  # a second connection, used meanwhile
+            other.exec_driver_sql("SELECT 1")
+        pragmas = {p: first.exec_driver_sql(f"PRAGMA {p}").scalar()
+                   for p in ("journal_mode", "synchronous", "cache_size", "wal_autocheckpoint")}
+    assert pragmas == {"journal_mode": "wal", "synchronous": 1, "cache_size": -8192,
+                       "wal_autocheckpoint": 4000}
+    # The pool hands out the connection returned last, whose page cache is still valid.
+    with engine.connect() as again:
+        assert again.connection.driver_connection is first_dbapi
+
+
 def test_cli_db_upgrade_on_empty_then_again(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("MAILSYNC_DATABASE_URL", url)
