@@ -217,14 +217,16 @@ def execute_many(conn: Connection, stmt: ClauseElement,
 
 @dataclass(frozen=True)
 class _ManyShape:
-    """A compiled statement's SQL, its parameters in order, the values it carries itself and
-    each parameter's bind processor."""
+    """A compiled statement's SQL, its parameters in order (each with the value the
+    statement carries itself, if any) and the bind processor of those that have one."""
 
     sql: str
     names: tuple[str, ...]
     positional: bool
-    fixed: Mapping[str, Any]
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    defaults: tuple[tuple[str, Any], ...]
+    """(name, the statement's own value or None), in parameter order."""
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+    """(position, bind processor) of the parameters that have one."""
 
     def bound(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
         """The SQL and its parameter sets, bound (tuples, or dicts for a named paramstyle)."""
@@ -232,18 +234,15 @@ class _ManyShape:
         out: list[Any] = []
         try:
             for row in rows:
-                values = tuple(self._bind(memo, i, row.get(name, self.fixed.get(name)))
-                               for i, name in enumerate(self.names))
-                out.append(values if self.positional else dict(zip(self.names, values,
-                                                                    strict=True)))
+                values = [row.get(name, default) for name, default in self.defaults]
+                for i, process in self.processors:
+                    values[i] = _bound_once(memo, i, values[i], process)
+                out.append(tuple(values) if self.positional
+                           else dict(zip(self.names, values, strict=True)))
         except Exception as exc:
             raise StatementError(f"a value could not be bound: {exc}", self.sql, None,
                                  exc) from exc
         return self.sql, out
-
-    def _bind(self, memo: dict[tuple[int, Any], Any], i: int, value: Any) -> Any:
-        process = self.processors[i]
-        return value if process is None else _bound_once(memo, i, value, process)
 
 
 def _bound_once(memo: dict[tuple[int, Any], Any], i: int, value: Any,
@@ -266,9 +265,12 @@ def _many_shape(dialect: Dialect, stmt: ClauseElement) -> _ManyShape:
     compiled = stmt.compile(dialect=dialect)
     positional = compiled.positiontup is not None
     names = tuple(compiled.positiontup) if positional else tuple(compiled.params)
-    processors = tuple(_bind_processor(compiled.binds[name].type, dialect) for name in names)
     fixed = {k: v for k, v in compiled.params.items() if v is not None}
-    return _ManyShape(compiled.string, names, positional, fixed, processors)
+    found = ((i, _bind_processor(compiled.binds[name].type, dialect))
+             for i, name in enumerate(names))
+    return _ManyShape(compiled.string, names, positional,
+                      tuple((name, fixed.get(name)) for name in names),
+                      tuple((i, p) for i, p in found if p is not None))
 
 
 @contextmanager
