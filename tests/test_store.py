@@ -323,6 +323,25 @@ def test_a_batch_links_rows_and_marks_notes_sending_as_the_two_steps_would(db_ur
     }
 
 
+def test_an_outcome_stored_with_its_rows_link_leaves_what_the_two_steps_would(db_url: str):
+    """A chunk's last commit stores each tag row's contact with its outcome; an outcome that
+    forgets the contact wins over the link, as it would stored after it."""
+    engine = get_engine(db_url)
+    done, gone, linked_only = _ledger_rows(engine, 3)
+    batch = ledger.Batch("loc1", links=[(done, "c1"), (gone, "c2"), (linked_only, "c3")],
+                         outcomes=[ledger.RowOutcome(done, WriteStatus.done, http_status=200),
+                                   ledger.RowOutcome(gone, WriteStatus.pending,
+                                                     Reason.contact_gone, "gone",
+                                                     clear_contact=True)])
+    ledger.write(engine, batch)
+    with Session(engine) as s:
+        got = {r.id: (r.contact_id, r.status, r.reason_code, r.attempts, r.last_http_status)
+               for r in s.exec(select(WriteIntent)).all()}
+    assert got == {done: ("c1", WriteStatus.done, None, 1, 200),
+                   gone: (None, WriteStatus.pending, Reason.contact_gone, 1, None),
+                   linked_only: ("c3", WriteStatus.pending, None, 0, None)}
+
+
 def test_none_is_stored_as_sql_null(db_url: str):
     engine = get_engine(db_url)
     with Session(engine) as s:

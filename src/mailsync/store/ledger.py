@@ -140,8 +140,9 @@ class RowOutcome:
 
 
 @functools.cache
-def _outcome_statement(clear_contact: bool, attempt: bool) -> Update:
-    """The UPDATE storing one outcome per parameter set (see `RowOutcome.params`)."""
+def _outcome_statement(clear_contact: bool, attempt: bool, link: bool = False) -> Update:
+    """The UPDATE storing one outcome per parameter set (see `RowOutcome.params`); with
+    `link`, it also points the row at its contact (`v_contact`)."""
     values: dict[str, Any] = {
         "status": bindparam("v_status", type_=_C.status.type),
         "reason_code": bindparam("v_code", type_=_C.reason_code.type),
@@ -158,6 +159,8 @@ def _outcome_statement(clear_contact: bool, attempt: bool) -> Update:
     if clear_contact:
         # A contact HighLevel no longer knows: its rows are resolved again by the next run.
         values["contact_id"] = None
+    elif link:
+        values["contact_id"] = bindparam("v_contact", type_=_C.contact_id.type)
     return update(_WRITES).where(_C.id == bindparam("row_id")).values(values)
 
 
@@ -244,7 +247,8 @@ class Batch:
 
     location_id: str
     links: list[tuple[int, str]] = field(default_factory=list)
-    """(row id, contact id): rows pointed at their resolved contact (pending again)."""
+    """(row id, contact id): rows pointed at their resolved contact (pending again); a row
+    with an outcome in the same batch gets both in one UPDATE."""
     found: list[tuple[str, str | None, str]] = field(default_factory=list)
     """(recipient key, contact id or None, how matched): `contact_links` to store."""
     outcomes: list[RowOutcome] = field(default_factory=list)
@@ -274,21 +278,22 @@ def write(engine: Engine, batch: Batch) -> datetime:
     return now
 
 
-def _linked_sending(batch: Batch) -> set[int]:
+def _linked_sending(batch: Batch, told: set[int]) -> set[int]:
     """Rows the batch both links and marks as being sent, with no outcome of their own in
-    it: one UPDATE does both (`_LINKED_SENDING`)."""
+    it (`told`): one UPDATE does both (`_LINKED_SENDING`)."""
     if not (batch.links and batch.sending):
         return set()
-    told = {o.row_id for o in batch.outcomes}
     return {i for i in batch.sending if i not in told} & {i for i, _ in batch.links}
 
 
 def _write(conn: Connection, batch: Batch, now: datetime) -> None:
     # One executemany per statement, compiled once per process (`execute_many`).
     dialect = conn.dialect.name
-    sending = _linked_sending(batch)
-    for statement, links in ((_LINKED, [lk for lk in batch.links if lk[0] not in sending]),
-                             (_LINKED_SENDING, [lk for lk in batch.links if lk[0] in sending])):
+    told = {o.row_id for o in batch.outcomes}
+    sending = _linked_sending(batch, told)
+    for statement, links in (
+            (_LINKED, [lk for lk in batch.links if lk[0] not in sending and lk[0] not in told]),
+            (_LINKED_SENDING, [lk for lk in batch.links if lk[0] in sending])):
         if links:
             execute_many(conn, statement, [{"row_id": i, "v_contact": c, "now": now}
                                            for i, c in links])
@@ -296,11 +301,7 @@ def _write(conn: Connection, batch: Batch, now: datetime) -> None:
         execute_many(conn, _link_upsert(dialect), [
             {"location_id": batch.location_id, "recipient_key": key, "contact_id": contact,
              "matched_by": how, "updated_at": now} for key, contact, how in batch.found])
-    groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
-    for o in batch.outcomes:
-        groups.setdefault((o.clear_contact, o.attempt), []).append(o.params(now))
-    for (clear, attempt), params in groups.items():
-        execute_many(conn, _outcome_statement(clear, attempt), params)
+    _write_outcomes(conn, batch, now)
     if batch.settled:
         execute_many(conn, _settled_insert(dialect), [
             {"location_id": batch.location_id, "contact_id": c, "settled_at": now}
@@ -313,6 +314,21 @@ def _write(conn: Connection, batch: Batch, now: datetime) -> None:
         execute_many(conn, _UNSENT, [{"row_id": r.id, "marked_at": batch.marked_at, "now": now,
                                       "v_status": r.status, "v_code": r.reason_code,
                                       "v_reason": r.reason} for r in batch.unsent])
+
+
+def _write_outcomes(conn: Connection, batch: Batch, now: datetime) -> None:
+    """Each outcome, with the row's link when the batch has one: what linking and then
+    storing the outcome leave, in one UPDATE (an outcome that forgets the contact wins)."""
+    contact = dict(batch.links)
+    groups: dict[tuple[bool, bool, bool], list[dict[str, Any]]] = {}
+    for o in batch.outcomes:
+        params = o.params(now)
+        linked = not o.clear_contact and o.row_id in contact
+        if linked:
+            params["v_contact"] = contact[o.row_id]
+        groups.setdefault((o.clear_contact, o.attempt, linked), []).append(params)
+    for (clear, attempt, linked), params in groups.items():
+        execute_many(conn, _outcome_statement(clear, attempt, linked), params)
 
 
 def link_rows(engine: Engine, links: Sequence[tuple[int, str]]) -> None:

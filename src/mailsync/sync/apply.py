@@ -156,6 +156,9 @@ class _Applier:
         """Notes of the chunk whose POST has started (whatever came of it)."""
         self.told: set[int] = set()
         """Rows of the chunk with an outcome queued."""
+        self.tag_links: list[tuple[int, str]] = []
+        """Tag rows of the chunk resolved to a contact: stored with their outcomes, in one
+        UPDATE each (a crash before loses only cached work: the contact's link is stored)."""
 
     @property
     def stopping(self) -> Stop | None:
@@ -198,8 +201,8 @@ class _Applier:
         found, before any is sent; a crash from then on leaves them `unknown`, which the next
         run settles by their markers (reading each such contact's notes once), so a note is
         never sent twice. The chunk's outcomes are stored together when it ends, however it
-        ends; notes never sent get their status back, unless the lease was lost and another
-        worker may already be settling them.
+        ends, each tag row's with its contact; notes never sent get their status back, unless
+        the lease was lost and another worker may already be settling them.
         """
         rows = await _on_store(ledger.rows_of, self.engine, sel, pairs)
         if self.opts.reresolve:
@@ -207,7 +210,7 @@ class _Applier:
                 if r.status == WriteStatus.rejected:
                     r.contact_id = None
         marked: list[LedgerRow] = []
-        self.sent, self.told = set(), set()
+        self.sent, self.told, self.tag_links = set(), set(), []
         try:
             await self._resolve([r for r in rows if r.contact_id is None])
             by_contact: dict[str, list[LedgerRow]] = defaultdict(list)
@@ -224,6 +227,10 @@ class _Applier:
             await _all_or_first_error(self._contact(c, rs) for c, rs in by_contact.items())
         finally:
             lost = self.lease is not None and self.lease.lost
+            # Once the lease is lost, another worker may be writing these rows: only those
+            # with an outcome of ours get their contact.
+            self.batch.links.extend(lk for lk in self.tag_links if not lost or lk[0] in self.told)
+            self.tag_links = []
             self.batch.sending = []  # only ever stored before the chunk's first note
             self.batch.unsent = [] if lost else [
                 r for r in marked if r.id not in self.sent and r.id not in self.told]
@@ -278,8 +285,10 @@ class _Applier:
     def _resolved(self, rows: list[LedgerRow], res: Resolution) -> None:
         """Point the rows at their contact, or queue why they have none."""
         if res.contact_id:
-            self.batch.links.extend((r.id, res.contact_id) for r in rows)
+            # A note's contact is stored before it is sent: a crash then settles it there.
             for r in rows:
+                links = self.batch.links if r.kind == WriteKind.note else self.tag_links
+                links.append((r.id, res.contact_id))
                 r.contact_id, r.status = res.contact_id, WriteStatus.pending
             return
         final = res.status == Resolved.rejected
