@@ -86,6 +86,24 @@ def test_statements_and_commits_grow_with_chunks_not_with_rows(engine, recipient
     assert sum(seen.values()) <= 2 * 16 + lookups, seen
 
 
+def test_a_recipient_is_resolved_once_per_apply_not_once_per_pass(engine):
+    fake = FakeHighLevel()
+    plan_many(engine, fake, 6, events=3)
+    reads: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _statement(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT"):
+            reads.append(statement)
+
+    result = apply(engine, fake, chunk_recipients=50)
+    assert result.outcomes == {"done": 6 * 5}
+    # The tags pass reads who the recipients are and their links; the notes pass knows.
+    assert sum("FROM mail_events" in q for q in reads) == 1
+    assert sum("FROM contact_links" in q for q in reads) == 1
+    assert fake.calls("GET", "/contacts/search/duplicate") == 3  # those without a carried id
+
+
 class Killed(Exception):
     """The process dying, short of killing pytest."""
 

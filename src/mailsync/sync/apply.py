@@ -156,6 +156,9 @@ class _Applier:
         """Notes of the chunk whose POST has started (whatever came of it)."""
         self.told: set[int] = set()
         """Rows of the chunk with an outcome queued."""
+        self.resolutions: dict[tuple[str, str], Resolution] = {}
+        """(drop id, recipient key) → what resolving gave, in an earlier pass or chunk: what
+        the store's links would give again, without reading the recipient's events."""
         self.tag_links: list[tuple[int, str]] = []
         """Tag rows of the chunk resolved to a contact: stored with their outcomes, in one
         UPDATE each (a crash before loses only cached work: the contact's link is stored)."""
@@ -249,6 +252,11 @@ class _Applier:
         pairs: dict[tuple[str, str], list[LedgerRow]] = defaultdict(list)
         for r in rows:
             pairs[(r.drop_id, r.recipient_key)].append(r)
+        for pair in [p for p in pairs if p in self.resolutions]:
+            failpoints.hit("resolved")
+            self._resolved(pair, pairs.pop(pair), self.resolutions[pair])
+        if not pairs:
+            return
         who = await _on_store(load_recipients, self.engine, set(pairs))
         known = await _on_store(known_contacts, self.engine, self.location_id,
                                 list(who.values()))
@@ -264,7 +272,7 @@ class _Applier:
                     asks.append((pair, its_rows))
                 else:
                     failpoints.hit("resolved")
-                    self._resolved(its_rows, res)
+                    self._resolved(pair, its_rows, res)
 
             async def one(pair: tuple[str, str], its_rows: list[LedgerRow]) -> None:
                 async with self.sem:
@@ -274,7 +282,7 @@ class _Applier:
                                     create_missing=pair[0] in self.opts.create_missing)
                 self._stop_if_unreachable(res.unreachable)
                 failpoints.hit("resolved")
-                self._resolved(its_rows, res)
+                self._resolved(pair, its_rows, res)
 
             await _all_or_first_error(one(p, rs) for p, rs in asks)
         finally:
@@ -282,8 +290,12 @@ class _Applier:
             # work: HighLevel is asked again).
             self.batch.found.extend(known.found)
 
-    def _resolved(self, rows: list[LedgerRow], res: Resolution) -> None:
-        """Point the rows at their contact, or queue why they have none."""
+    def _resolved(self, pair: tuple[str, str], rows: list[LedgerRow],
+                  res: Resolution) -> None:
+        """Point the rows at their contact, or queue why they have none; a contact, or a
+        miss stored as such, holds for the recipient's rows in the apply's later passes."""
+        if res.contact_id or (res.reason == Reason.no_contact and not self.opts.reresolve):
+            self.resolutions[pair] = res
         if res.contact_id:
             # A note's contact is stored before it is sent: a crash then settles it there.
             for r in rows:
@@ -318,6 +330,7 @@ class _Applier:
     def _forget(self, c: _Contact, rows: Iterable[LedgerRow]) -> None:
         """HighLevel no longer knows the contact: its open rows are resolved again next run."""
         forget_contact(self.engine, self.location_id, {r.recipient_key for r in c.rows}, c.id)
+        self.resolutions = {p: r for p, r in self.resolutions.items() if r.contact_id != c.id}
         self.batch.found = [f for f in self.batch.found if f[1] != c.id]
         self._queue(RowOutcome(r.id, WriteStatus.pending, Reason.contact_gone, c.gone,
                                clear_contact=True)
