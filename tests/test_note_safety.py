@@ -52,6 +52,20 @@ def test_no_control_characters_in_any_line() -> None:
     assert len(lines) == 7  # nothing smuggled an extra line in
 
 
+@pytest.mark.parametrize("at, when", [
+    (datetime(2026, 11, 20, 14, 3, 59, tzinfo=UTC), "2026-11-20 14:03"),
+    (datetime(5, 11, 20, 14, 3, tzinfo=UTC), "5-11-20 14:03"),  # as strftime wrote it
+])
+def test_a_notes_text_is_pinned(at: datetime, when: str) -> None:
+    body = note_body(event(code="Mailed", event_at=at, expected_delivery="2026-11-21",
+                           url="https://purl.example.com/ada"), "Fall postcard")
+    assert body.splitlines() == [
+        "Postalytics: Mailed", "Campaign: Fall postcard (drop 40211)",
+        "What happened: Mailed: first postal scan: the piece is in the mail stream",
+        f"When: {when} UTC", "Expected delivery: 2026-11-21",
+        "Visited: https://purl.example.com/ada", f"{MARKER_PREFIX}{marker_for('e:40211:ev-1')}"]
+
+
 def test_a_plain_note_is_unchanged() -> None:
     body = note_body(event(code="Mailed", expected_delivery="2026-11-21"), "Fall postcard")
     assert body.splitlines()[:2] == ["Postalytics: Mailed",

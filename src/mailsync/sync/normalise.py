@@ -239,11 +239,11 @@ def person_key(carried: str | None, first: str | None, last: str | None,
 
 def match_key(drop_id: str, code: str, event_at: datetime, person: str) -> str:
     """The event's identity across channels: campaign, code, time to the second, person."""
-    return short_hash(MATCH_VERSION, drop_id, code, _to_the_second(event_at), person,
+    return short_hash(MATCH_VERSION, drop_id, code, to_the_second(event_at), person,
                       length=40)
 
 
-def _to_the_second(at: datetime) -> str:
+def to_the_second(at: datetime) -> str:
     """`at` in UTC as "YYYY-MM-DDTHH:MM:SS", the text strftime gave: isoformat writes it at a
     fraction of the cost, but pads years before 1000, and a stored key must never change."""
     at = at.astimezone(UTC)

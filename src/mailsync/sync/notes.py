@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import quote, urlsplit
 
 from mailsync.codes import REST_LABEL, EventCode, describe
 from mailsync.store.models import MailEvent
-from mailsync.sync.normalise import short_hash
+from mailsync.sync.normalise import short_hash, to_the_second
 
 MARKER_PREFIX = "mailsync ref "
 
@@ -67,26 +68,30 @@ def note_body(event: MailEvent, campaign_name: str | None, marker: str | None = 
     Every value from outside is one clean line, and only http(s) links are written: a note
     is read (and its links clicked) inside HighLevel.
     """
-    code = EventCode(event.code)
-    campaign = f"drop {clean_line(event.drop_id)}"
-    if campaign_name and clean_line(campaign_name):
-        campaign = f"{clean_line(campaign_name)} ({campaign})"
-    lines = [
-        f"Postalytics: {REST_LABEL[code]}",
-        f"Campaign: {campaign}",
-        f"What happened: {describe(code)}",
-        f"When: {event.event_at:%Y-%m-%d %H:%M} UTC",
-    ]
-    if event.expected_delivery and clean_line(event.expected_delivery):
-        lines.append(f"Expected delivery: {clean_line(event.expected_delivery)}")
-    if event.url:
-        link, dropped = safe_link(event.url)
+    lines = [*_heading(EventCode(event.code), event.drop_id, campaign_name),
+             f"When: {to_the_second(event.event_at).rpartition(':')[0].replace('T', ' ')} UTC"]
+    expected = event.expected_delivery
+    if expected and (expected := clean_line(expected)):
+        lines.append(f"Expected delivery: {expected}")
+    if url := event.url:
+        link, dropped = safe_link(url)
         if link:
             lines.append(f"Visited: {link}")
         elif dropped:
             lines.append(f"Visited: {dropped}")
     lines.append(f"{MARKER_PREFIX}{marker or marker_for(event.key)}")
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=256)
+def _heading(code: EventCode, drop_id: str, campaign_name: str | None) -> tuple[str, ...]:
+    """A note's first lines, the same for every event of a code in a campaign (cached: a
+    sync writes thousands of notes from a few campaigns' few codes)."""
+    campaign = f"drop {clean_line(drop_id)}"
+    if campaign_name and (name := clean_line(campaign_name)):
+        campaign = f"{name} ({campaign})"
+    return (f"Postalytics: {REST_LABEL[code]}", f"Campaign: {campaign}",
+            f"What happened: {describe(code)}")
 
 
 def has_marker(note_text: str | None, marker: str) -> bool:

@@ -28,25 +28,20 @@ def plan_writes(events: Iterable[MailEvent], campaign: CampaignConfig,
         code = EventCode(event.code)
         if code not in selected:
             continue
-        common = {"location_id": campaign.location, "drop_id": event.drop_id,
-                  "recipient_key": event.recipient_key, "event_key": event.key,
-                  "code": code.value, "contact_id": None, "run_id": run_id,
-                  "created_at": now, "updated_at": now}
+        key, drop_id, recipient = event.key, event.drop_id, event.recipient_key
+        common = {"location_id": campaign.location, "drop_id": drop_id,
+                  "recipient_key": recipient, "event_key": key, "code": code.value,
+                  "contact_id": None, "run_id": run_id, "created_at": now, "updated_at": now}
         tag = tag_for(code)
+        tag_intent = f"tag|{drop_id}|{recipient}|{code.value}"
         if code in retrigger:
-            rows.append(detached(WriteIntent, intent_key=f"untag|{event.key}",
+            rows.append(detached(WriteIntent, intent_key=f"untag|{key}",
                                  kind=WriteKind.untag, tag=tag, **common))
-            rows.append(detached(
-                WriteIntent,
-                intent_key=f"tag|{event.drop_id}|{event.recipient_key}|{code.value}|{event.key}",
-                kind=WriteKind.tag, tag=tag, **common))
-        else:
-            rows.append(detached(
-                WriteIntent,
-                intent_key=f"tag|{event.drop_id}|{event.recipient_key}|{code.value}",
-                kind=WriteKind.tag, tag=tag, **common))
-        marker = marker_for(event.key)
-        rows.append(detached(WriteIntent, intent_key=f"note|{event.key}", kind=WriteKind.note,
+            tag_intent = f"{tag_intent}|{key}"
+        rows.append(detached(WriteIntent, intent_key=tag_intent, kind=WriteKind.tag, tag=tag,
+                             **common))
+        marker = marker_for(key)
+        rows.append(detached(WriteIntent, intent_key=f"note|{key}", kind=WriteKind.note,
                              body=note_body(event, campaign.name, marker), marker=marker,
                              **common))
     return rows
