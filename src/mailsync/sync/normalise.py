@@ -246,10 +246,11 @@ def match_key(drop_id: str, code: str, event_at: datetime, person: str) -> str:
 def to_the_second(at: datetime) -> str:
     """`at` in UTC as "YYYY-MM-DDTHH:MM:SS", the text strftime gave: isoformat writes it at a
     fraction of the cost, but pads years before 1000, and a stored key must never change."""
-    at = at.astimezone(UTC)
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
     if at.year < 1000:
         return at.strftime("%Y-%m-%dT%H:%M:%S")
-    return at.replace(microsecond=0, tzinfo=None).isoformat()
+    return at.isoformat(timespec="seconds")[:19]  # without the "+00:00"
 
 
 def webhook_event_key(match: str) -> str:
