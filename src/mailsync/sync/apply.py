@@ -139,7 +139,8 @@ def row_outcomes(rows: Sequence[LedgerRow], outcome: Outcome) -> list[RowOutcome
 
 class _Applier:
     """One location's apply, chunk by chunk: the ledger's writes of a chunk wait in one
-    `ledger.Batch`, stored in two commits (before its first note is sent, and at its end)."""
+    `ledger.Batch`, stored in two commits (before its first note is sent, and at its end),
+    or in one when it has no note to send."""
 
     def __init__(self, engine: Engine, hl: HighLevelClient, location_id: str,
                  opts: ApplyOptions, progress: Progress | None) -> None:
@@ -203,9 +204,11 @@ class _Applier:
         Its notes are all marked `unknown` in the commit that also stores what resolving
         found, before any is sent; a crash from then on leaves them `unknown`, which the next
         run settles by their markers (reading each such contact's notes once), so a note is
-        never sent twice. The chunk's outcomes are stored together when it ends, however it
-        ends, each tag row's with its contact; notes never sent get their status back, unless
-        the lease was lost and another worker may already be settling them.
+        never sent twice. A chunk with no note to send (the tags pass's) has no such commit:
+        what resolving found waits for its outcomes (a crash loses only cached work). The
+        chunk's outcomes are stored together when it ends, however it ends, each tag row's
+        with its contact; notes never sent get their status back, unless the lease was lost
+        and another worker may already be settling them.
         """
         rows = await _on_store(ledger.rows_of, self.engine, sel, pairs)
         if self.opts.reresolve:
@@ -226,7 +229,8 @@ class _Applier:
                 marked = [r for r in rows if r.contact_id is not None
                           and r.kind == WriteKind.note and r.id not in self.told]
                 self.batch.sending = [r.id for r in marked]
-            self.batch.marked_at = await self._store()
+            if marked:  # else nothing must be stored before the writes: one commit, at the end
+                self.batch.marked_at = await self._store()
             await _all_or_first_error(self._contact(c, rs) for c, rs in by_contact.items())
         finally:
             lost = self.lease is not None and self.lease.lost
