@@ -73,16 +73,25 @@ def child_env(src: Path = SRC, **extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def baseline_src(rev: str, paths: tuple[str, ...]) -> Iterator[Path]:
-    """A copy of this tree's `src/` with `paths` as they were at git revision `rev`: the code a
-    change replaced, measured beside it in one run, with everything else the same."""
+    """A copy of this tree's `src/` with `paths` (files or directories) as they were at git
+    revision `rev`, left out where `rev` had none: the code a change replaced, measured beside
+    it in one run, with everything else the same."""
     with tempfile.TemporaryDirectory(prefix="mailsync-bench-baseline-") as d:
         base = Path(d)
         shutil.copytree(SRC, base / "src", ignore=shutil.ignore_patterns("__pycache__"))
         for path in paths:
-            old = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT,
-                                 capture_output=True, check=True).stdout
-            (base / path).write_bytes(old)
+            target = base / path
+            if target.is_dir():
+                shutil.rmtree(target)
+            target.unlink(missing_ok=True)
+            for name in _git("ls-tree", "-r", "--name-only", rev, "--", path).decode().split():
+                (base / name).parent.mkdir(parents=True, exist_ok=True)
+                (base / name).write_bytes(_git("show", f"{rev}:{name}"))
         yield base / "src"
+
+
+def _git(*args: str) -> bytes:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True).stdout
 
 
 # -- the sandbox in a child process ----------------------------------------------------------

@@ -85,3 +85,27 @@ def test_a_profile_sample_is_the_http_client_s_when_any_frame_is_in_its_code() -
         "get (/v/site-packages/httpx/_c.py:5) 50",
     ])
     assert attribute(raw, "cpu_memory.py:40)") == {"http_samples": 9, "own_samples": 3}
+
+
+def test_a_baseline_tree_takes_files_and_whole_directories_as_they_were(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import _common
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "src/pkg/versions").mkdir(parents=True)
+    (tmp_path / "src/pkg/a.py").write_text("old\n")
+    (tmp_path / "src/pkg/versions/0001.py").write_text("one\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    rev = git("rev-parse", "HEAD")
+    (tmp_path / "src/pkg/a.py").write_text("new\n")
+    (tmp_path / "src/pkg/versions/0002.py").write_text("two\n")  # a migration added since
+    monkeypatch.setattr(_common, "ROOT", tmp_path)
+    monkeypatch.setattr(_common, "SRC", tmp_path / "src")
+    with _common.baseline_src(rev, ("src/pkg/a.py", "src/pkg/versions")) as old:
+        assert (old / "pkg/a.py").read_text() == "old\n"
+        assert sorted(p.name for p in (old / "pkg/versions").iterdir()) == ["0001.py"]
