@@ -264,25 +264,49 @@ def test_an_apply_refused_the_lease_sends_nothing(engine):
     assert {r.status for r in rows(engine)} == {WriteStatus.pending}
 
 
+def _lease_stolen_at(engine: Any, path_end: str) -> Any:
+    """A hook: at a POST to a path ending so, another worker takes the location over,
+    and the call lasts long enough for several renewals of a 0.3 s lease to fail."""
+    async def stolen(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST" and request.url.path.endswith(path_end):
+            with Session(engine) as s:
+                s.execute(update(LocationLease).values(
+                    holder="another-host:9:beef",
+                    expires_at=datetime.now(UTC) + timedelta(minutes=5)))
+                s.commit()
+            await asyncio.sleep(0.5)
+        return None
+    return stolen
+
+
 def test_a_lost_lease_stops_the_writes_that_have_not_started(engine):
     fake = FakeHighLevel()
     fake.add("c1", "ada@example.com")
     plan(engine, 6, contact="c1")
 
-    async def stolen_while_posting(request: httpx.Request) -> httpx.Response | None:
-        if request.method == "POST" and request.url.path.endswith("/notes"):
-            with Session(engine) as s:  # another worker takes the location over
-                s.execute(update(LocationLease).values(
-                    holder="another-host:9:beef",
-                    expires_at=datetime.now(UTC) + timedelta(minutes=5)))
-                s.commit()
-            await asyncio.sleep(0.5)  # several renewals of a 0.3 s lease fail meanwhile
-        return None
-
-    fake.hooks.append(stolen_while_posting)
+    fake.hooks.append(_lease_stolen_at(engine, "/notes"))
     result = apply(engine, fake, holder="this-host:1:ef01", lease_ttl=timedelta(seconds=0.3))
     assert result.stopped == Stop.lease_lost
     assert fake.calls("POST", "/contacts/c1/notes") == 1
+
+
+def test_a_lost_lease_leaves_the_tag_rows_it_did_not_send_as_they_were(engine):
+    """A tag row gets its contact with its outcome, at the chunk's end: once the lease is lost,
+    another worker may be writing the rows this one never sent, so those are not touched."""
+    fake = FakeHighLevel()
+    _many_contacts(engine, fake, 2)
+    before = {r.id: (r.contact_id, r.status, r.updated_at) for r in rows(engine, "tag")}
+
+    fake.hooks.append(_lease_stolen_at(engine, "/tags"))
+    result = apply(engine, fake, holder="this-host:1:ef01", lease_ttl=timedelta(seconds=0.3),
+                   concurrency=1)
+    assert result.stopped == Stop.lease_lost
+    assert fake.calls("POST", "/contacts/.*/tags") == 1
+    after = {r.id: (r.contact_id, r.status, r.updated_at) for r in rows(engine, "tag")}
+    sent = [i for i in after if after[i][1] == WriteStatus.done]
+    assert len(sent) == 2 and all(after[i][0] is not None for i in sent)
+    assert {i: after[i] for i in after if i not in sent} == {
+        i: before[i] for i in before if i not in sent}
 
 
 def test_settle_marks_the_notes_already_there_and_forgets_what_the_store_had_read(engine):

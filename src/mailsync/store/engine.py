@@ -120,7 +120,7 @@ def _create(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             # A chunk of the apply updates rows on a few thousand pages: the default cache
-            # (2 MB) re-read them; 8 MB per connection holds them (bounded: peak RSS stays flat).
+            # (2 MB) re-read them; 8 MB per connection holds them, however large the store.
             cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             # Each commit writes its pages to the WAL, and a checkpoint copies them into the
             # file: every 1,000 pages (the default), a checkpoint copied the same index pages

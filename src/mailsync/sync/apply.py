@@ -216,7 +216,7 @@ class _Applier:
                 if r.status == WriteStatus.rejected:
                     r.contact_id = None
         marked: list[LedgerRow] = []
-        self.sent, self.told, self.tag_links = set(), set(), []
+        self.sent, self.told = set(), set()
         try:
             await self._resolve([r for r in rows if r.contact_id is None])
             by_contact: dict[str, list[LedgerRow]] = defaultdict(list)
