@@ -50,7 +50,8 @@ def test_migrated_schema_matches_the_models(db_url: str):
     assert diff == []
 
 
-def test_a_store_from_before_0005_keeps_its_ledger_and_indexes_it_by_campaign(db_url: str):
+def _store_at(db_url: str, revision: str, rows: list[SQLModel]) -> None:
+    """A store migrated only up to `revision`, holding `rows`."""
     from alembic import command
 
     from mailsync.store.engine import _alembic_config, _engine, normalise_url
@@ -59,10 +60,14 @@ def test_a_store_from_before_0005_keeps_its_ledger_and_indexes_it_by_campaign(db
     cfg = _alembic_config(url)
     with _engine(url).begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0004")
+        command.upgrade(cfg, revision)
     with Session(_engine(url)) as s:
-        insert_ignore(s, [tag_intent()])
+        insert_ignore(s, rows)
         s.commit()
+
+
+def test_a_store_from_before_0005_keeps_its_ledger_and_indexes_it_by_campaign(db_url: str):
+    _store_at(db_url, "0004", [tag_intent()])
     engine = get_engine(db_url)  # upgrades to head
     indexes = {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("write_ledger")}
     # Storing an outcome changes the status: one index holds it, not two.
@@ -72,6 +77,30 @@ def test_a_store_from_before_0005_keeps_its_ledger_and_indexes_it_by_campaign(db
     with Session(engine) as s:
         [row] = s.exec(select(WriteIntent)).all()
     assert (row.intent_key, row.drop_id, row.status) == ("tag|100|r1|Mailed", "100", "pending")
+
+
+def test_a_store_from_before_0006_keeps_its_events_and_indexes_only_webhook_values(
+        db_url: str):
+    polled = event("e:100:1")
+    webhook = detached(MailEvent, **{**event("w:m1").model_dump(), "poll_key": "e:100:2",
+                                     "piece_id": "p1", "source": "webhook"})
+    _store_at(db_url, "0005", [polled, webhook])
+    engine = get_engine(db_url)  # upgrades to head
+    partial = {i["name"]: str(i["dialect_options"].get(f"{engine.dialect.name}_where"))
+               for i in sa.inspect(engine).get_indexes("mail_events")}
+    # A polled event has neither column: it is not written to these indexes at all.
+    assert "poll_key IS NOT NULL" in partial["uq_mail_events_poll_key"]
+    assert "piece_id IS NOT NULL" in partial["ix_mail_events_drop_piece"]
+    later = [detached(MailEvent, **{**event(k).model_dump(), "poll_key": pk})
+             for k, pk in (("e:100:3", None), ("w:m2", "e:100:2"))]
+    with Session(engine) as s:
+        # Still unique where there is a value; rows without one never collide.
+        assert insert_ignore(s, later) == ["e:100:3"]
+        s.commit()
+        rows = s.exec(select(MailEvent.key, MailEvent.poll_key, MailEvent.piece_id)
+                      .order_by(MailEvent.key)).all()
+    assert rows == [("e:100:1", None, None), ("e:100:3", None, None),
+                    ("w:m1", "e:100:2", "p1")]
 
 
 def test_sqlite_connections_reuse_the_last_one_with_its_cache(tmp_path):
@@ -349,3 +378,4 @@ def test_none_is_stored_as_sql_null(db_url: str):
         s.commit()
         assert s.exec(select(func.count()).select_from(MailEvent).where(
             MailEvent.url.is_(None), MailEvent.email.is_(None))).one() == 1
+

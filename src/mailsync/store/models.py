@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.types import TypeDecorator
@@ -149,6 +149,10 @@ class Campaign(SQLModel, table=True):
     last_fetched_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
+_HAS_POLL_KEY = text("poll_key IS NOT NULL")
+_HAS_PIECE = text("piece_id IS NOT NULL")
+
+
 class MailEvent(SQLModel, table=True):
     """One normalised Postalytics event; `key` is deterministic so re-fetches are no-ops."""
 
@@ -158,9 +162,13 @@ class MailEvent(SQLModel, table=True):
         # Unique indexes, not constraints: SQLite adds them without rebuilding the table, and
         # an INSERT ... ON CONFLICT DO NOTHING skips on them just the same.
         Index("uq_mail_events_match", "match_key", unique=True),
-        Index("uq_mail_events_poll_key", "poll_key", unique=True),
+        # Partial: only a webhook's row has a poll key or a piece, and every read by them asks
+        # for a value; a polled event is not written to them at all (migration 0006).
+        Index("uq_mail_events_poll_key", "poll_key", unique=True,
+              sqlite_where=_HAS_POLL_KEY, postgresql_where=_HAS_POLL_KEY),
         Index("ix_mail_events_drop_person", "drop_id", "person_key"),
-        Index("ix_mail_events_drop_piece", "drop_id", "piece_id"),
+        Index("ix_mail_events_drop_piece", "drop_id", "piece_id",
+              sqlite_where=_HAS_PIECE, postgresql_where=_HAS_PIECE),
     )
 
     key: str = Field(primary_key=True, max_length=80)
