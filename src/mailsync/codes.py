@@ -7,6 +7,7 @@ shape is seen, only the alias table below should need to change.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from enum import StrEnum
 
@@ -106,8 +107,10 @@ MEANING: dict[EventCode, str] = {row[0]: row[4] for row in _TABLE}
 WEBHOOK_TYPE: dict[EventCode, int] = {row[0]: row[3] for row in _TABLE if row[3] is not None}
 
 
+@functools.lru_cache(maxsize=1024)
 def _fold(label: str) -> str:
-    """Case-, space-, hyphen- and underscore-insensitive form of a label."""
+    """Case-, space-, hyphen- and underscore-insensitive form of a label (cached: every
+    event's label is one of a few spellings)."""
     return re.sub(r"[\s_\-]+", "", label).casefold()
 
 

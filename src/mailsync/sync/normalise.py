@@ -219,13 +219,14 @@ def zip_form(zip_code: str | None) -> str | None:
     return text if len(text) >= 3 else None
 
 
+@functools.lru_cache(maxsize=8192)
 def person_key(carried: str | None, first: str | None, last: str | None,
                zip_code: str | None, email: str | None) -> str | None:
     """Who the piece went to, from what the webhook and the events endpoint both carry: the
     carried HighLevel contact id, else the name and zip, else the email; None if none.
 
     The order depends only on the recipient's own list data, which both channels echo, so
-    both compute the same key for one person.
+    both compute the same key for one person. Cached: a person's events come together.
     """
     if carried:
         return short_hash("c", carried.strip(), length=40)
