@@ -99,7 +99,8 @@ class _InsertShape:
         values = list(map(row.get, self.columns))
         try:
             for i, process in self.processors:
-                values[i] = _bound_once(memo, i, values[i], process)
+                if values[i] is not None:  # most rows leave most times unset
+                    values[i] = _bound_once(memo, i, values[i], process)
         except Exception as exc:
             raise StatementError(f"a value of {self.table.name} could not be bound: {exc}",
                                  None, None, exc) from exc
