@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mailsync.cli.main import app
 from mailsync.store import ledger
 from mailsync.store.engine import get_engine, head_revision, upgrade_database
-from mailsync.store.models import MailEvent, WriteIntent, WriteStatus, detached
+from mailsync.store.models import MailEvent, WriteIntent, WriteKind, WriteStatus, detached
 from mailsync.store.ops import execute_many, insert_ignore, rows_where_in
 from mailsync.store.reasons import Reason
 
@@ -379,3 +379,16 @@ def test_none_is_stored_as_sql_null(db_url: str):
         assert s.exec(select(func.count()).select_from(MailEvent).where(
             MailEvent.url.is_(None), MailEvent.email.is_(None))).one() == 1
 
+
+def test_enum_members_are_stored_as_their_text(db_url: str):
+    engine = get_engine(db_url)
+    row = tag_intent()
+    row.kind, row.status = WriteKind.tag, WriteStatus.pending
+    with Session(engine) as s:
+        insert_ignore(s, [row])
+        s.commit()
+    with engine.connect() as conn:
+        # Bound as their value, not their repr: what a report or a plain query reads.
+        stored = conn.exec_driver_sql(
+            "SELECT kind, status FROM write_ledger WHERE kind = 'tag' AND status = 'pending'")
+        assert stored.all() == [("tag", "pending")]

@@ -22,7 +22,10 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
+from mailsync.codes import EventCode
 from mailsync.store.errors import StoreError, StoreProblem, install, masked_url, translate
+from mailsync.store.models import EventSource, WriteKind, WriteStatus
+from mailsync.store.reasons import QuarantineReason, Reason
 
 
 def normalise_url(url: str) -> str:
@@ -83,21 +86,29 @@ def _as_is(value: object) -> object:
     return value
 
 
-def _bind_none_directly() -> None:
-    """Let sqlite3 bind None without its adapter search.
+_STORED_ENUMS = (WriteKind, WriteStatus, EventSource, EventCode, Reason, QuarantineReason)
+"""The text enums rows hold as they are bound (a ledger row's kind and status, an event's
+source)."""
+
+
+def _bind_directly() -> None:
+    """Let sqlite3 bind None and our text enums without its adapter search.
 
     The driver looks every parameter that is not exactly an int, float or str up in its
     adapter registry, and on a miss asks the protocol and the value for `__adapt__` and
-    `__conform__`: a quarter of a microsecond per None, and a page of events binds thousands
-    (bench/RESULTS.md, section 3). Registered, None is found at once and still binds as NULL.
+    `__conform__`: a quarter of a microsecond per None or enum member, and a page of events
+    binds thousands (bench/RESULTS.md, section 3). Registered, None is found at once and
+    still binds as NULL, and a member binds as its value.
     """
     sqlite3.register_adapter(type(None), _as_is)
+    for enum in _STORED_ENUMS:
+        sqlite3.register_adapter(enum, str)
 
 
 def _create(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        _bind_none_directly()
+        _bind_directly()
         path = sqlite_path(url)
         if path is not None:
             try:
