@@ -143,3 +143,23 @@ def test_a_chunk_whose_outcomes_are_lost_costs_one_read_per_contact_and_no_note_
     assert fake.calls("POST", "/contacts/.*/notes") == posted
     assert all(n.status == WriteStatus.done for n in rows(engine, "note"))
     assert all(len(c["notes"]) == 3 for c in fake.contacts.values())
+
+
+def test_contacts_and_lookups_go_side_by_side_never_more_than_the_concurrency(engine):
+    fake = FakeHighLevel()
+    plan_many(engine, fake, recipients=12, events=2)
+    flying = {"now": 0, "most": 0, "lookups_most": 0}
+
+    async def slow(request: Any) -> None:
+        flying["now"] += 1
+        flying["most"] = max(flying["most"], flying["now"])
+        if "search" in request.url.path:
+            flying["lookups_most"] = max(flying["lookups_most"], flying["now"])
+        await asyncio.sleep(0.01)
+        flying["now"] -= 1
+
+    fake.hooks.append(slow)
+    result = apply(engine, fake, concurrency=3)
+    assert result.outcomes == {"done": 12 * 4}  # two tag rows and two notes each
+    # Six recipients are looked up by email, then twelve contacts written: three at a time.
+    assert flying["lookups_most"] == 3 and flying["most"] == 3
