@@ -111,8 +111,7 @@ async def _write_once(config_path: str, location: str, ids: list[int]) -> str:
     with Session(ctx.engine) as s:
         first = s.exec(select(WriteIntent).where(WriteIntent.id == ids[0])).one()
     pair = (first.drop_id, first.recipient_key)
-    rows = [r for r in ledger.rows_of(ctx.engine, ledger.Selection(location), [pair])
-            if r.id in ids]
+    rows = ledger.rows_of(ctx.engine, ledger.Selection(location), ids)
     async with ctx.highlevel(location) as hl:
         contact = first.contact_id
         if contact is None:

@@ -392,3 +392,27 @@ def test_enum_members_are_stored_as_their_text(db_url: str):
         stored = conn.exec_driver_sql(
             "SELECT kind, status FROM write_ledger WHERE kind = 'tag' AND status = 'pending'")
         assert stored.all() == [("tag", "pending")]
+
+
+def test_open_rows_are_grouped_by_recipient_and_a_chunk_reads_those_still_selected(
+        db_url: str):
+    engine = get_engine(db_url)
+    who = ["r2", "r1", "r2", "r3", "r1"]  # in ledger order: r2 has the oldest row
+    rows = [detached(WriteIntent, intent_key=f"note|e{i}", kind="note", location_id="loc1",
+                     drop_id="100", recipient_key=r, event_key=f"e{i}", code="Mailed",
+                     body="b", marker=f"ms-{i}") for i, r in enumerate(who)]
+    rows.append(detached(WriteIntent, intent_key="note|other", kind="note",
+                         location_id="loc2", drop_id="100", recipient_key="r1", code="Mailed"))
+    with Session(engine) as s:
+        insert_ignore(s, rows)
+        s.commit()
+        ids = list(s.exec(select(WriteIntent.id).order_by(WriteIntent.id)).all())
+    sel = ledger.Selection("loc1")
+    by_recipient = ledger.open_rows(engine, sel)
+    assert by_recipient == {("100", "r2"): [ids[0], ids[2]], ("100", "r1"): [ids[1], ids[4]],
+                            ("100", "r3"): [ids[3]]}
+    assert list(by_recipient) == [("100", "r2"), ("100", "r1"), ("100", "r3")]
+    ledger.mark(engine, [ids[2]], WriteStatus.done)  # done meanwhile: no longer selected
+    chunk = by_recipient[("100", "r2")] + by_recipient[("100", "r3")]
+    assert [(r.id, r.recipient_key) for r in ledger.rows_of(engine, sel, chunk)] == [
+        (ids[0], "r2"), (ids[3], "r3")]

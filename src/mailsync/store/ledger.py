@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, Select, Update, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Executable, Select, Update, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from mailsync.store.models import (
@@ -78,12 +78,20 @@ def count_open(engine: Engine, sel: Selection) -> int:
         return int(conn.execute(sel.where(select(func.count()).select_from(_WRITES))).scalar())
 
 
-def open_recipients(engine: Engine, sel: Selection) -> list[tuple[str, str]]:
-    """(drop_id, recipient_key) pairs with selected rows, oldest first."""
-    q: Select[Any] = sel.where(select(_C.drop_id, _C.recipient_key))
-    q = q.group_by(_C.drop_id, _C.recipient_key).order_by(func.min(_C.id))
+def open_rows(engine: Engine, sel: Selection) -> dict[tuple[str, str], list[int]]:
+    """The ids of the selected rows by recipient, (drop_id, recipient_key), recipients in
+    the order of their oldest row.
+
+    One read of the selection, after which an apply reads each chunk's rows by id: read by
+    recipient instead, every chunk went through all of the location's open rows (no index
+    leads from a recipient to its ledger rows), a cost growing with the square of its size.
+    """
+    q: Select[Any] = sel.where(select(_C.id, _C.drop_id, _C.recipient_key)).order_by(_C.id)
+    by_recipient: dict[tuple[str, str], list[int]] = {}
     with engine.connect() as conn:
-        return [(d, r) for d, r in conn.execute(q)]
+        for row_id, drop_id, recipient_key in conn.execute(q):
+            by_recipient.setdefault((drop_id, recipient_key), []).append(row_id)
+    return by_recipient
 
 
 @dataclass(slots=True)
@@ -109,10 +117,9 @@ _ROW_COLUMNS = (_C.id, _C.kind, _C.drop_id, _C.recipient_key, _C.code, _C.contac
                 _C.body, _C.marker, _C.status, _C.reason_code, _C.reason)
 
 
-def rows_of(engine: Engine, sel: Selection, pairs: Sequence[tuple[str, str]]) -> list[LedgerRow]:
-    """The selected rows of these recipients, in ledger order."""
-    q = sel.where(select(*_ROW_COLUMNS)).where(
-        tuple_(_C.drop_id, _C.recipient_key).in_(list(pairs))).order_by(_C.id)
+def rows_of(engine: Engine, sel: Selection, ids: Sequence[int]) -> list[LedgerRow]:
+    """The rows with these ids that the selection still selects, in ledger order."""
+    q = sel.where(select(*_ROW_COLUMNS)).where(_C.id.in_(list(ids))).order_by(_C.id)
     with engine.connect() as conn:
         return [LedgerRow(*r) for r in conn.execute(q)]
 

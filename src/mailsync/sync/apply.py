@@ -197,7 +197,7 @@ class _Applier:
         if unreachable:
             self.stop = Stop.unreachable
 
-    async def run_chunk(self, sel: Selection, pairs: list[tuple[str, str]]) -> None:
+    async def run_chunk(self, sel: Selection, ids: list[int]) -> None:
         """Resolve, then write the chunk's contacts side by side.
 
         Its notes are all marked `unknown` in the commit that also stores what resolving
@@ -209,7 +209,7 @@ class _Applier:
         with its contact; notes never sent get their status back, unless the lease was lost
         and another worker may already be settling them.
         """
-        rows = await _on_store(ledger.rows_of, self.engine, sel, pairs)
+        rows = await _on_store(ledger.rows_of, self.engine, sel, ids)
         if self.opts.reresolve:
             for r in rows:
                 if r.status == WriteStatus.rejected:
@@ -474,11 +474,13 @@ async def _apply_rows(applier: _Applier) -> None:
     try:
         for cls in opts.write_order:
             part = _pass(sel, cls)
-            pairs = await _on_store(ledger.open_recipients, engine, part)
+            by_recipient = await _on_store(ledger.open_rows, engine, part)
+            pairs = list(by_recipient)
             for start in range(0, len(pairs), opts.chunk_recipients):
                 if applier.stopping:
                     break
-                await applier.run_chunk(part, pairs[start:start + opts.chunk_recipients])
+                chunk = pairs[start:start + opts.chunk_recipients]
+                await applier.run_chunk(part, [i for p in chunk for i in by_recipient[p]])
         if applier.stop == Stop.daily_quota:
             ledger.defer_open(engine, sel, Reason.daily_quota)
         elif applier.stop == Stop.unreachable:
