@@ -416,3 +416,24 @@ def test_open_rows_are_grouped_by_recipient_and_a_chunk_reads_those_still_select
     chunk = by_recipient[("100", "r2")] + by_recipient[("100", "r3")]
     assert [(r.id, r.recipient_key) for r in ledger.rows_of(engine, sel, chunk)] == [
         (ids[0], "r2"), (ids[3], "r3")]
+
+
+@pytest.mark.parametrize("sel", [ledger.Selection("loc1"),
+                                 ledger.Selection("loc1", ledger.REPLAY_STATUSES,
+                                                  max_failed_attempts=None)],
+                         ids=["sync", "replay"])
+def test_a_selection_admits_in_python_exactly_the_rows_its_sql_selects(
+        db_url: str, sel: ledger.Selection):
+    engine = get_engine(db_url)
+    cases = [(status, attempts) for status in WriteStatus for attempts in (0, 7, 8, 9)]
+    rows = [detached(WriteIntent, intent_key=f"tag|{i}", kind="tag", location_id="loc1",
+                     drop_id="100", recipient_key=f"r{i}", code="Mailed", status=status,
+                     attempts=attempts) for i, (status, attempts) in enumerate(cases)]
+    with Session(engine) as s:
+        insert_ignore(s, rows)
+        s.commit()
+    with engine.connect() as conn:
+        selected = {(st, n) for st, n in conn.execute(
+            sel.where(sa.select(WriteIntent.status, WriteIntent.attempts)))}
+    assert {(st, n) for st, n in cases if sel.admits(st, n)} == selected
+    assert ("failed", 7) in selected  # the cases reach both sides of the attempts cap
