@@ -163,3 +163,67 @@ def test_contacts_and_lookups_go_side_by_side_never_more_than_the_concurrency(en
     assert result.outcomes == {"done": 12 * 4}  # two tag rows and two notes each
     # Six recipients are looked up by email, then twelve contacts written: three at a time.
     assert flying["lookups_most"] == 3 and flying["most"] == 3
+
+
+def test_a_notes_chunks_outcomes_go_with_the_next_chunks_first_commit(engine):
+    fake = FakeHighLevel()
+    plan_many(engine, fake, 12, events=3)
+    apply(engine, fake, write_order=("tags",))
+    seen = count_statements(engine)
+    result = apply(engine, fake, chunk_recipients=4, write_order=("journey_notes",))
+    assert result.outcomes == {"done": 12 * 3}
+    # Three chunks: each one's first commit (its notes marked, the last one's outcomes),
+    # then the pass's last outcomes. Two commits a chunk before.
+    assert seen["COMMIT"] == 3 + 1
+    assert all(n.status == WriteStatus.done for n in rows(engine, "note"))
+
+
+def test_a_crash_before_the_next_chunk_stores_the_outcomes_sends_no_note_twice(
+        engine, monkeypatch: pytest.MonkeyPatch):
+    fake = FakeHighLevel()
+    plan_many(engine, fake, 12, events=3)
+    apply(engine, fake, write_order=("tags",))
+    real_write = ledger.write
+    writes = 0
+
+    def die_at_the_second_chunks_start(engine: Any, batch: ledger.Batch) -> Any:
+        nonlocal writes
+        writes += 1
+        if writes == 2:  # the first chunk's notes are posted; its outcomes go with this
+            raise Killed
+        return real_write(engine, batch)
+
+    monkeypatch.setattr(ledger, "write", die_at_the_second_chunks_start)
+    with pytest.raises(Killed):
+        apply(engine, fake, chunk_recipients=4)
+    monkeypatch.setattr(ledger, "write", real_write)
+    assert fake.calls("POST", "/contacts/.*/notes") == 4 * 3
+    reads_before = fake.calls("GET", "/contacts/.*/notes")
+    again = apply(engine, fake, chunk_recipients=4)
+    # Every contact's notes are read before its first note, as always: the first chunk's
+    # four a second time (their reads were lost with the outcomes), their notes found there.
+    assert reads_before == 4
+    assert fake.calls("GET", "/contacts/.*/notes") - reads_before == 12
+    assert again.outcomes == {"done": 12 * 3}
+    assert fake.calls("POST", "/contacts/.*/notes") == 12 * 3
+    assert all(len(c["notes"]) == 3 for c in fake.contacts.values())
+
+
+def test_a_contact_read_in_one_chunk_is_not_read_again_in_the_next(engine):
+    fake = FakeHighLevel()
+    fake.add("c0", "ada@example.com")
+    # Two recipients with one contact (found by the same email), in consecutive chunks.
+    evs = [MailEvent(key=f"e:500:{who}:{i}", drop_id="500", recipient_key=who,
+                     code="Mailed" if i == 0 else "InTransit",
+                     event_at=T0 + timedelta(hours=i), email="ada@example.com")
+           for who in ("d:1", "d:2") for i in range(2)]
+    with Session(engine) as s:
+        insert_ignore(s, evs)
+        insert_ignore(s, plan_writes(evs, CAMPAIGN))
+        s.commit()
+    result = apply(engine, fake, chunk_recipients=1)
+    assert result.outcomes == {"done": 2 * 4}
+    # Read before its first note; the second chunk knows, though the first chunk's record
+    # of it waits for the second chunk's first commit.
+    assert fake.calls("GET", "/contacts/c0/notes") == 1 == result.settle_reads
+    assert len(fake.contacts["c0"]["notes"]) == 4

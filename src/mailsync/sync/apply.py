@@ -8,9 +8,9 @@ marked `unknown` (and committed) *before* its POST. A `done` row is never select
 
 Rows go in chunks of recipients, and the ledger's writes of a chunk in two commits: one with
 what resolving found and every note of the chunk marked `unknown`, before the first POST; one
-with the chunk's outcomes at its end. A crash in between costs the next run one read of each
-such contact's notes, never a note twice. The statements live in `store.ledger`; this module
-is the procedure.
+with the chunk's outcomes, which is the next chunk's first (or the pass's last). A crash in
+between costs the next run one read of each such contact's notes, never a note twice. The
+statements live in `store.ledger`; this module is the procedure.
 """
 
 from __future__ import annotations
@@ -205,9 +205,11 @@ class _Applier:
         run settles by their markers (reading each such contact's notes once), so a note is
         never sent twice. A chunk with no note to send (the tags pass's) has no such commit:
         what resolving found waits for its outcomes (a crash loses only cached work). The
-        chunk's outcomes are stored together when it ends, however it ends, each tag row's
-        with its contact; notes never sent get their status back, unless the lease was lost
-        and another worker may already be settling them.
+        chunk's outcomes, each tag row's with its contact, are stored together: a notes
+        chunk's in the next chunk's first commit (or when the pass ends), since each commit
+        rewrites most of the location's ledger pages; any other chunk's, and one that fails,
+        when it ends. Notes never sent get their status back, unless the lease was lost and
+        another worker may already be settling them.
         """
         rows = await _on_store(ledger.rows_of, self.engine, sel, ids)
         if self.opts.reresolve:
@@ -216,6 +218,7 @@ class _Applier:
                     r.contact_id = None
         marked: list[LedgerRow] = []
         self.sent, self.told = set(), set()
+        ended = False
         try:
             await self._resolve([r for r in rows if r.contact_id is None])
             by_contact: dict[str, list[LedgerRow]] = defaultdict(list)
@@ -224,6 +227,7 @@ class _Applier:
                     by_contact[r.contact_id].append(r)
             self.settled = await _on_store(ledger.settled_contacts, self.engine,
                                            self.location_id, list(by_contact))
+            self.settled.update(self.batch.settled)  # the last chunk's, not stored yet
             if not self.stopping:
                 marked = [r for r in rows if r.contact_id is not None
                           and r.kind == WriteKind.note and r.id not in self.told]
@@ -231,6 +235,7 @@ class _Applier:
             if marked:  # else nothing must be stored before the writes: one commit, at the end
                 self.batch.marked_at = await self._store()
             await _side_by_side(self._contact, list(by_contact.items()), self.opts.concurrency)
+            ended = True
         finally:
             lost = self.lease is not None and self.lease.lost
             # Once the lease is lost, another worker may be writing these rows: only those
@@ -238,8 +243,17 @@ class _Applier:
             self.batch.links.extend(lk for lk in self.tag_links if not lost or lk[0] in self.told)
             self.tag_links = []
             self.batch.sending = []  # only ever stored before the chunk's first note
-            self.batch.unsent = [] if lost else [
-                r for r in marked if r.id not in self.sent and r.id not in self.told]
+            if lost:
+                self.batch.unsent = []
+            else:
+                self.batch.unsent += [r for r in marked
+                                      if r.id not in self.sent and r.id not in self.told]
+            if not (marked and ended):
+                await self._store()
+
+    async def store_pending(self) -> None:
+        """Store what the last chunk left for the next one's first commit."""
+        if self.batch:
             await self._store()
 
     async def _store(self) -> datetime:
@@ -472,15 +486,11 @@ async def apply_location(engine: Engine, hl: HighLevelClient, location_id: str,
 async def _apply_rows(applier: _Applier) -> None:
     engine, opts, sel = applier.engine, applier.opts, applier.selection
     try:
-        for cls in opts.write_order:
-            part = _pass(sel, cls)
-            by_recipient = await _on_store(ledger.open_rows, engine, part)
-            pairs = list(by_recipient)
-            for start in range(0, len(pairs), opts.chunk_recipients):
-                if applier.stopping:
-                    break
-                chunk = pairs[start:start + opts.chunk_recipients]
-                await applier.run_chunk(part, [i for p in chunk for i in by_recipient[p]])
+        try:
+            for cls in opts.write_order:
+                await _run_pass(applier, _pass(sel, cls))
+        finally:
+            await applier.store_pending()
         if applier.stop == Stop.daily_quota:
             ledger.defer_open(engine, sel, Reason.daily_quota)
         elif applier.stop == Stop.unreachable:
@@ -495,6 +505,19 @@ async def _apply_rows(applier: _Applier) -> None:
                               http_status=getattr(exc, "http_status", None) or 401)
         raise
     applier.result.stopped = applier.stopping
+
+
+async def _run_pass(applier: _Applier, part: Selection) -> None:
+    """One pass of the apply, chunk by chunk of recipients, oldest first."""
+    by_recipient = await _on_store(ledger.open_rows, applier.engine, part)
+    pairs = list(by_recipient)
+    size = applier.opts.chunk_recipients
+    for start in range(0, len(pairs), size):
+        if applier.stopping:
+            break
+        chunk = pairs[start:start + size]
+        await applier.run_chunk(part, [i for p in chunk for i in by_recipient[p]])
+    await applier.store_pending()  # the last chunk's outcomes, before the next pass reads
 
 
 _TAG_KINDS = (WriteKind.untag, WriteKind.tag)
