@@ -103,7 +103,8 @@ def test_first_run_backfills_then_runs_stop_at_known_old_pages(sqlite_url):
     assert again.new_events == 0 and again.planned == 0
 
 
-def test_events_arriving_while_paging_are_not_missed(sqlite_url):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_events_arriving_while_paging_are_not_missed(sqlite_url, dry_run: bool):
     engine = get_engine(sqlite_url)
     feed = Feed()
     feed.add(60)
@@ -113,12 +114,18 @@ def test_events_arriving_while_paging_are_not_missed(sqlite_url):
         feed.add(next(arrivals, 0), hours=1)
 
     feed.between_pages = arrive
-    run(engine, feed)
+    result = run(engine, feed, dry_run=dry_run)
     feed.between_pages = None
+    # Pushed down a page, events are read twice: each counted once, committed or not.
+    assert result.new_events == len(feed.events) == 75
+    assert feed.requests[-3:] == [1, 2, 3]  # the top, read again after the walk
+    if dry_run:
+        assert count(engine, MailEvent) == 0
+        return
+    assert result.planned == count(engine, WriteIntent)
     with Session(engine) as s:
         stored = set(s.exec(select(MailEvent.key)).all())
     assert stored == {f"e:7:{e['EventId']}" for e in feed.events}
-    assert feed.requests[-3:] == [1, 2, 3]  # the top, read again after the walk
 
 
 def test_page_cap_is_logged_and_the_next_run_continues(sqlite_url, caplog):

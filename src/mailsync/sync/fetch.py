@@ -78,9 +78,12 @@ class CampaignResult:
 
 @dataclass
 class _Memo:
-    """What this run has read and stored. A dry run rolls every page back, so the store
-    alone cannot tell it what it has already counted."""
+    """What this run has read and stored that the store cannot tell it."""
 
+    rolled_back: bool = False
+    """A dry run: every page is rolled back, so the store does not know what this run has
+    stored and planned (`events`, `intents`, kept only then: a run that commits asks the
+    store, and holding every event's identity grew the memory of a large run)."""
     events: dict[str, Identity] = field(default_factory=dict)
     quarantined: set[str] = field(default_factory=set)
     intents: set[str] = field(default_factory=set)
@@ -164,10 +167,12 @@ def _sort_page(session: Session, items: list[tuple[object, MailEvent]], scope: _
         reference = stored.get(key)
         if reference is None:
             raw, event = seen[0]
-            reference = _identity(event)
             # Refused by the database before: retrying would fail the page's batch every run.
             if not (memo.unstorable and fingerprint(raw, drop_id) in memo.unstorable):
                 fresh.append((raw, event))
+            if len(seen) == 1:  # nearly always: nothing to compare it with
+                continue
+            reference = _identity(event)
         reused += [quarantined(raw, drop_id, QuarantineReason.id_reused,
                                _differences(reference, event), scope.run_id)
                    for raw, event in seen if _identity(event) != reference]
@@ -204,15 +209,15 @@ def _tally(written: list[_Written], memo: _Memo, result: CampaignResult,
     new_events = 0
     for w in written:
         new_events += len(w.new)
-        memo.events.update((e.key, _identity(e)) for e in w.new)
-        fresh: list[WriteIntent] = []
-        for row in w.planned:
-            if row.intent_key in memo.intents:
-                continue
-            memo.intents.add(row.intent_key)
-            fresh.append(row)
-            result.planned += 1
-            result.planned_by_kind[row.kind] = result.planned_by_kind.get(row.kind, 0) + 1
+        # Planned rows were inserted now, each once; a dry run rolled the earlier ones back.
+        fresh = w.planned
+        if memo.rolled_back:
+            memo.events.update((e.key, _identity(e)) for e in w.new)
+            fresh = [r for r in w.planned if r.intent_key not in memo.intents]
+            memo.intents.update(r.intent_key for r in fresh)
+        result.planned += len(fresh)
+        for kind in [r.kind for r in fresh]:
+            result.planned_by_kind[kind] = result.planned_by_kind.get(kind, 0) + 1
         if on_plan is not None and fresh:
             on_plan(fresh, w.new)
     result.new_events += new_events
@@ -232,7 +237,8 @@ def _store_page(session: Session, raws: list[Any], scope: _Scope,
     fresh, quarantine = _sort_page(session, events, scope)
     polled = sort_polled(session, fresh)
     fresh = polled.fresh
-    memo.events.update((e.key, _identity(e)) for e in polled.absorbed)
+    if memo.rolled_back:
+        memo.events.update((e.key, _identity(e)) for e in polled.absorbed)
     quarantine += [n.quarantine for _, n in normalised if n.quarantine is not None]
 
     written, refused = write_isolating(session, fresh, partial(_write_events, session, scope))
@@ -283,7 +289,8 @@ async def fetch_campaign(
     with Session(engine, expire_on_commit=False) as session:
         bookmark = load_bookmark(session, row)
         scope = _Scope(campaign, run_id, bookmark.cutoff(timedelta(hours=hours)),
-                       _Memo(unstorable=_unstorable(session, campaign.drop_id)), on_plan)
+                       _Memo(dry_run, unstorable=_unstorable(session, campaign.drop_id)),
+                       on_plan)
         end_transaction(session, dry_run)
         walker = PageWalker(max_pages or campaign.max_pages, bookmark.resume_offset, page_size)
         while (request := walker.next_page()) is not None:
