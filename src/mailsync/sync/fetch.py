@@ -33,7 +33,7 @@ from sqlmodel import Session, select
 
 from mailsync.config import CampaignConfig
 from mailsync.store.bookmark import load_bookmark, save_bookmark
-from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, WriteIntent
+from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, WriteIntent, utcnow
 from mailsync.store.ops import insert_ignore, rows_where_in, write_isolating
 from mailsync.store.reasons import QuarantineReason
 from mailsync.sync import failpoints
@@ -228,8 +228,9 @@ def _store_page(session: Session, raws: list[Any], scope: _Scope,
                 result: CampaignResult) -> PageSeen:
     """Store one page's new events, quarantine and ledger rows in the session."""
     campaign, memo = scope.campaign, scope.memo
+    now = utcnow()  # one time for the page: each distinct time costs a conversion to store
     normalised = [(raw, normalise(raw, campaign.drop_id, campaign.contact_id_field,
-                                  scope.run_id)) for raw in raws]
+                                  scope.run_id, fetched_at=now)) for raw in raws]
     keys = [n.key for _, n in normalised]
     repeats = sum(1 for k in keys if k in memo.read)
     memo.read.update(keys)

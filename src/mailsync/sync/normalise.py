@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from mailsync.codes import EventCode, UnknownEventLabel, parse_code
-from mailsync.store.models import EventSource, MailEvent, QuarantinedEvent, detached
+from mailsync.store.models import EventSource, MailEvent, QuarantinedEvent, detached, utcnow
 from mailsync.store.reasons import QuarantineReason
 
 # Folded key (lower case, no underscores or dashes) → our field. First match wins.
@@ -306,17 +306,19 @@ def without_delivery_fields(raw: object) -> object:
 
 
 def normalise(raw: object, drop_id: str, contact_id_field: str | None = None,
-              run_id: str | None = None, source: EventSource = EventSource.poll
-              ) -> Normalised:
+              run_id: str | None = None, source: EventSource = EventSource.poll,
+              fetched_at: datetime | None = None) -> Normalised:
     """Turn one raw event into a MailEvent, or into a QuarantinedEvent with the reason.
 
     A webhook payload (`source=webhook`) loses its delivery fields first, and must name its
     person well enough to be matched with the events endpoint, or it is quarantined.
+    `fetched_at` (default: now) is one time for a page's events.
     """
     if source == EventSource.webhook:
         raw = without_delivery_fields(raw)
     try:
-        return Normalised(event=_to_event(raw, drop_id, contact_id_field, run_id, source))
+        return Normalised(event=_to_event(raw, drop_id, contact_id_field, run_id, source,
+                                          fetched_at or utcnow()))
     except BadEvent as exc:
         code, detail = QuarantineReason.bad_event, str(exc)
     except UnknownEventLabel as exc:
@@ -370,7 +372,7 @@ def _names(person: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
-              run_id: str | None, source: EventSource = EventSource.poll) -> MailEvent:
+              run_id: str | None, source: EventSource, fetched_at: datetime) -> MailEvent:
     if not isinstance(raw, dict):
         raise BadEvent(f"event is a {type(raw).__name__}, not an object")
     top = _folded(raw)
@@ -422,6 +424,5 @@ def _to_event(raw: object, drop_id: str, contact_id_field: str | None,
         expected_delivery=_text("expected_delivery", _pick(top, "expected_delivery")),
         url=url, first_name=first, last_name=last, email=email, phone=phone,
         carried_contact_id=carried, run_id=run_id, match_key=match, person_key=who,
-        zip=zip_code, source=source,
-        piece_id=piece,
+        zip=zip_code, source=source, piece_id=piece, fetched_at=fetched_at,
     )
