@@ -29,6 +29,7 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u20
                        r"\u2060-\u2064\u2066-\u2069\ufeff]")
 # Characters a URL never holds raw: percent-encoded, so the link cannot break out of itself.
 _URL_UNSAFE = '"<>\\^`{|} '
+_HAS_URL_UNSAFE = re.compile("[" + re.escape(_URL_UNSAFE) + "]")
 
 
 def clean_line(value: object) -> str:
@@ -56,7 +57,9 @@ def safe_link(url: str) -> tuple[str | None, str | None]:
     if scheme not in LINK_SCHEMES:
         kind = f"a {scheme} link" if scheme else "a link without http(s)"
         return None, f"{kind} was left out (only http and https links are written)"
-    quoted = "".join(quote(c, safe="") if c in _URL_UNSAFE else c for c in text)
+    quoted = text
+    if _HAS_URL_UNSAFE.search(text):  # rare: checked at once, encoded character by character
+        quoted = "".join(quote(c, safe="") if c in _URL_UNSAFE else c for c in text)
     if len(quoted) > URL_CAP:
         return None, "a visited URL longer than 2,048 characters was left out"
     return quoted, None
