@@ -11,6 +11,7 @@ from mailsync.codes import (
     code_from_tag,
     codes_for_country,
     parse_code,
+    stored_code,
     tag_for,
     tags_equal,
 )
@@ -82,3 +83,9 @@ def test_tags_compare_case_insensitively_like_highlevel_stores_them():
     assert code is EventCode.ProcessedForDelivery
     assert code_from_tag("vip") is None
     assert code_from_tag("postalytics event: nonsense") is None
+
+
+def test_a_stored_code_reads_back_as_its_member_and_nothing_else_does():
+    assert all(stored_code(code.value) is code for code in EventCode)
+    with pytest.raises(ValueError):
+        stored_code("Delivered-ish")

@@ -6,7 +6,7 @@ import functools
 import re
 from urllib.parse import quote, urlsplit
 
-from mailsync.codes import REST_LABEL, EventCode, describe
+from mailsync.codes import REST_LABEL, EventCode, describe, stored_code
 from mailsync.store.models import MailEvent
 from mailsync.sync.normalise import short_hash, to_the_second
 
@@ -71,7 +71,7 @@ def note_body(event: MailEvent, campaign_name: str | None, marker: str | None = 
     Every value from outside is one clean line, and only http(s) links are written: a note
     is read (and its links clicked) inside HighLevel.
     """
-    lines = [*_heading(EventCode(event.code), event.drop_id, campaign_name),
+    lines = [*_heading(stored_code(event.code), event.drop_id, campaign_name),
              f"When: {to_the_second(event.event_at).rpartition(':')[0].replace('T', ' ')} UTC"]
     expected = event.expected_delivery
     if expected and (expected := clean_line(expected)):

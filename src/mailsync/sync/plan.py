@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mailsync.codes import EventCode, tag_for
+from mailsync.codes import stored_code, tag_for
 from mailsync.config import CampaignConfig
 from mailsync.store.models import MailEvent, WriteIntent, WriteKind, detached, utcnow
 from mailsync.sync.notes import marker_for, note_body
@@ -25,7 +25,7 @@ def plan_writes(events: Iterable[MailEvent], campaign: CampaignConfig,
     now = utcnow()  # one time for the batch: each distinct time costs a conversion to store
     rows: list[WriteIntent] = []
     for event in events:
-        code = EventCode(event.code)
+        code = stored_code(event.code)
         if code not in selected:
             continue
         key, drop_id, recipient = event.key, event.drop_id, event.recipient_key
