@@ -203,10 +203,16 @@ def unidentified_recipient(person: str) -> str:
     return f"{RecipientKind.unidentified.value}:{person}"
 
 
+_NOT_ASCII_ALNUM = re.compile("[^0-9a-z]")
+
+
 def name_form(*parts: str | None) -> str:
     """A name as both channels can give it: "Ada Byrne", or "Ada" and "Byrne", or "ADA
     BYRNE" all become "adabyrne" (letters and digits only, accents and case folded)."""
-    text = unicodedata.normalize("NFKD", " ".join(p for p in parts if p)).casefold()
+    text = " ".join(p for p in parts if p)
+    if text.isascii():  # nearly always: what NFKD and casefold leave of it, at once
+        return _NOT_ASCII_ALNUM.sub("", text.lower())
+    text = unicodedata.normalize("NFKD", text).casefold()
     return "".join(ch for ch in text if ch.isalnum())
 
 
@@ -219,14 +225,13 @@ def zip_form(zip_code: str | None) -> str | None:
     return text if len(text) >= 3 else None
 
 
-@functools.lru_cache(maxsize=8192)
 def person_key(carried: str | None, first: str | None, last: str | None,
                zip_code: str | None, email: str | None) -> str | None:
     """Who the piece went to, from what the webhook and the events endpoint both carry: the
     carried HighLevel contact id, else the name and zip, else the email; None if none.
 
     The order depends only on the recipient's own list data, which both channels echo, so
-    both compute the same key for one person. Cached: a person's events come together.
+    both compute the same key for one person.
     """
     if carried:
         return short_hash("c", carried.strip(), length=40)
