@@ -137,31 +137,76 @@ def test_window_budget_keeps_headroom() -> None:
     assert stamps[97] == vt.start and stamps[98] == pytest.approx(vt.start + 10.1)
 
 
-def test_steady_latency_costs_no_throughput() -> None:
+def test_steady_latency_within_the_slack_costs_no_throughput() -> None:
     vt = VirtualTime()
-    pacer = WindowPacer(10, 1.0, headroom=0.0, slack=0.0, clock=vt.clock, sleep=vt.sleep)
+    pacer = WindowPacer(10, 1.0, headroom=0.0, slack=0.3, clock=vt.clock, sleep=vt.sleep)
     # Every answer takes 0.3 s: the server counted each request on its way in, at the same
-    # distance from its send, so sends a window apart stay a window apart there. (Counting
-    # from the answers instead would stretch each window to 1.3 s.)
+    # distance from its send, so sends a window (+ slack) apart stay that far apart there.
+    # (Counting from the answers instead would stretch each window to 1.6 s.)
     stamps = stamps_of(pacer, vt, 40, hold=0.3)
     assert most_in_any_window(stamps, 1.0) <= 10
-    assert stamps[-1] - stamps[0] == pytest.approx(3.0)  # 4 windows' worth in 3 s
+    assert stamps[-1] - stamps[0] == pytest.approx(3 * 1.3)  # 4 windows' worth
+
+
+def test_a_round_trip_longer_than_the_slack_widens_the_window_by_itself() -> None:
+    vt = VirtualTime()
+    pacer = WindowPacer(10, 1.0, headroom=0.0, slack=0.0, clock=vt.clock, sleep=vt.sleep)
+    # Its count may have been anywhere in its 0.3 s: each place is held a window after the
+    # answer, the only moment known to follow the count.
+    stamps = stamps_of(pacer, vt, 40, hold=0.3)
+    assert stamps[-1] - stamps[0] == pytest.approx(3 * 1.3)
 
 
 def test_a_slow_answer_holds_its_place_by_its_excess() -> None:
     now = [0.0]
-    pacer = WindowPacer(1, 1.0, headroom=0.0, slack=0.0, clock=lambda: now[0])
+    pacer = WindowPacer(1, 1.0, headroom=0.0, slack=0.1, clock=lambda: now[0])
     assert pacer._try_take() == 0.0
     now[0] = 0.1
-    pacer.release(0.0)  # quickest round trip: 0.1 s
-    now[0] = 1.0
-    assert pacer._try_take() == 0.0  # a window after the first send
-    now[0] = 1.6
-    pacer.release(1.0)  # 0.5 s slower than the quickest: the server may have counted it late
+    pacer.release(0.0)  # quickest round trip: 0.1 s, within the slack
+    now[0] = 1.1
+    assert pacer._try_take() == 0.0  # a window (+ slack) after the first send
+    now[0] = 1.7
+    pacer.release(1.1)  # 0.5 s slower than the quickest: the server may have counted it late
     now[0] = 2.0
-    assert pacer._try_take() == pytest.approx(0.5)  # free at 1.6 - 0.1 + 1.0 = 2.5
-    now[0] = 2.5
+    assert pacer._try_take() == pytest.approx(0.7)  # free at 1.7 - 0.1 + 1.1 = 2.7
+    now[0] = 2.7
     assert pacer._try_take() == 0.0
+
+
+def test_a_shorter_window_learned_never_frees_a_place_before_a_window_after_its_answer() -> None:
+    now = [0.0]
+    pacer = WindowPacer(1, 10.0, headroom=0.0, clock=lambda: now[0])
+    assert pacer._try_take() == 0.0
+    now[0] = 0.2
+    pacer.release(0.0)  # booked under the 10 s window: 0.1 s (its slack) taken off the answer
+    pacer.observe({"X-RateLimit-Interval-Milliseconds": "100"})
+    now[0] = 0.25
+    assert pacer._try_take() == pytest.approx(0.05)  # free at 0.2 + 0.1, not at 0.201
+    now[0] = 0.3001
+    assert pacer._try_take() == 0.0
+
+
+def test_server_never_counts_more_when_requests_queue_before_their_count() -> None:
+    # Every round trip takes about half a window, split at random between the queue before
+    # the server counts a request and the way back: the estimate (answer minus the quickest
+    # round trip) can then be early by most of it, far beyond a 1 % slack.
+    vt = VirtualTime()
+    pacer = WindowPacer(100, 0.1, clock=vt.clock, sleep=vt.sleep)
+    rng = random.Random(3)
+    arrivals: list[float] = []
+
+    async def one() -> None:
+        async with pacer.slot():
+            queued = rng.uniform(0.0, 0.05)
+            await vt.sleep(queued)
+            arrivals.append(vt.now)
+            await vt.sleep(0.05 - queued + rng.uniform(0.0, 0.0005))
+
+    async def many() -> None:
+        await asyncio.gather(*(one() for _ in range(1000)))
+
+    run(many())
+    assert most_in_any_window(sorted(arrivals), 0.1) <= 100
 
 
 # (pacer, its server's limit per window, outbound delays, answer delays): slow, uneven

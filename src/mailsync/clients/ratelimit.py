@@ -113,14 +113,16 @@ class WindowPacer:
     A request holds its place from its send until `interval` after the latest moment it can
     have been counted, estimated as its answer time minus the quickest round trip seen so
     far. With steady latency that is a window after its send; a slow answer holds its place
-    longer by however much slower it was. `slack` widens the window to cover what that
-    estimate cannot see (the server's own time between counting and answering, and jitter);
-    `headroom` leaves a share of the budget unused. The bound holds for a sliding or a fixed
-    server window alike. Headers can only make it stricter: when the server reports fewer
-    remaining requests than our own count implies (someone else spends the same budget), the
-    difference is booked as phantom requests that age out normally. `spacing` optionally
-    spreads sends evenly. With `probe`, a pacer that has heard no answer for a window (never,
-    or not lately) sends one request alone and waits for its answer before the rest: the
+    longer by however much slower it was. That estimate is early by up to the quickest round
+    trip (a request that queued before the server counted it, then was answered at once), so
+    it may take off no more than `slack`, the share of the window each place is held longer,
+    adds back: a place is never free before a window after its answer. `headroom` leaves a
+    share of the budget unused. The bound holds for a sliding or a fixed server window alike.
+    Headers can only make it stricter: when the server reports fewer remaining requests than
+    our own count implies (someone else spends the same budget), the difference is booked as
+    phantom requests that age out normally. `spacing` optionally spreads sends evenly. With
+    `probe`, a pacer that has heard no answer for a window (never, or not lately) sends one
+    request alone and waits for its answer before the rest: the
     budget may have been spent meanwhile by a client it cannot see (another worker that held
     the location until now), and that answer's headers say so before a burst goes out.
 
@@ -185,6 +187,14 @@ class WindowPacer:
     def _fill(self, now: float, count: int) -> None:
         self._done.extend([now] * max(0, count))
 
+    def _set_interval(self, interval: float) -> None:
+        # A place booked under a longer window took up to that window's slack off its answer
+        # time: shifted by the difference, it is still free no sooner than a window after it.
+        shrink = (self.interval - interval) * self.slack
+        if shrink > 0:
+            self._done = deque(t + shrink for t in self._done)
+        self.interval = interval
+
     def _try_take(self) -> float:
         """Book a request now and return 0, or return how long to wait before trying again."""
         now = self._clock()
@@ -242,7 +252,7 @@ class WindowPacer:
                 rtt = now - sent_at
                 if self._fastest is None or rtt < self._fastest:
                     self._fastest = rtt
-                counted = now - self._fastest
+                counted = now - min(self._fastest, self.interval * self.slack)
             if self._done and counted < self._done[-1]:
                 bisect.insort(self._done, counted)  # behind a phantom booked meanwhile
             else:
@@ -278,7 +288,7 @@ class WindowPacer:
             if limit is not None and limit > 0:
                 self.max_requests = limit
             if interval_ms is not None and interval_ms > 0:
-                self.interval = interval_ms / 1000.0
+                self._set_interval(interval_ms / 1000.0)
             if daily_remaining is not None:
                 # Our estimate already counts requests still in flight, so a higher figure
                 # from the server is stale, unless it is far higher: the day rolled over.
