@@ -7,6 +7,7 @@ import bisect
 import itertools
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -54,19 +55,28 @@ def test_fixed_rate_spaces_slots_evenly() -> None:
     assert all(abs(g - 1 / 3) < 1e-9 for g in gaps)
 
 
+Legs = Callable[[random.Random], tuple[float, float]]
+
+
+def uneven(out: tuple[float, float], back: tuple[float, float]) -> Legs:
+    """Each leg drawn on its own: a random `out` delay, then a random `back` delay."""
+    return lambda rng: (rng.uniform(*out), rng.uniform(*back))
+
+
 def arrivals_of(pacer: WindowPacer, vt: VirtualTime, n: int, seed: int,
-                out: tuple[float, float], back: tuple[float, float]) -> list[float]:
+                legs: Legs) -> list[float]:
     """Send `n` concurrent requests through the pacer as a server would see them: each
-    arrives a random `out` delay after its send (where the server counts it) and is
-    answered a random `back` delay later. Returns the arrival times."""
+    arrives its `legs`' first delay after its send (where the server counts it) and is
+    answered the second delay later. Returns the arrival times."""
     rng = random.Random(seed)
     arrivals: list[float] = []
 
     async def one() -> None:
         async with pacer.slot():
-            await vt.sleep(rng.uniform(*out))
+            out, back = legs(rng)
+            await vt.sleep(out)
             arrivals.append(vt.now)
-            await vt.sleep(rng.uniform(*back))
+            await vt.sleep(back)
 
     async def many() -> None:
         await asyncio.gather(*(one() for _ in range(n)))
@@ -190,23 +200,13 @@ def test_server_never_counts_more_when_requests_queue_before_their_count() -> No
     # Every round trip takes about half a window, split at random between the queue before
     # the server counts a request and the way back: the estimate (answer minus the quickest
     # round trip) can then be early by most of it, far beyond a 1 % slack.
+    def queued(rng: random.Random) -> tuple[float, float]:
+        wait = rng.uniform(0.0, 0.05)
+        return wait, 0.05 - wait + rng.uniform(0.0, 0.0005)
+
     vt = VirtualTime()
     pacer = WindowPacer(100, 0.1, clock=vt.clock, sleep=vt.sleep)
-    rng = random.Random(3)
-    arrivals: list[float] = []
-
-    async def one() -> None:
-        async with pacer.slot():
-            queued = rng.uniform(0.0, 0.05)
-            await vt.sleep(queued)
-            arrivals.append(vt.now)
-            await vt.sleep(0.05 - queued + rng.uniform(0.0, 0.0005))
-
-    async def many() -> None:
-        await asyncio.gather(*(one() for _ in range(1000)))
-
-    run(many())
-    assert most_in_any_window(sorted(arrivals), 0.1) <= 100
+    assert most_in_any_window(arrivals_of(pacer, vt, 1000, 3, queued), 0.1) <= 100
 
 
 # (pacer, its server's limit per window, outbound delays, answer delays): slow, uneven
@@ -224,7 +224,7 @@ SERVER_VIEWS = {
 def test_server_never_counts_more_than_its_limit(view: str, seed: int) -> None:
     make, limit, window, n, out, back = SERVER_VIEWS[view]
     vt = VirtualTime()
-    arrivals = arrivals_of(make(vt), vt, n, seed, out=out, back=back)
+    arrivals = arrivals_of(make(vt), vt, n, seed, uneven(out, back))
     assert most_in_any_window(arrivals, window) <= limit
 
 
