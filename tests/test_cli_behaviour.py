@@ -219,6 +219,31 @@ def test_ctrl_c_at_any_moment_is_quiet(silent_env: dict[str, str], delay: float)
     assert len(_lines(out)) <= 2, out
 
 
+_CTRL_C_WHILE_BUILDING = """
+import os, signal, sys
+import mailsync.cli.main
+cli = sys.modules["mailsync.cli.main"]
+
+build = cli._hide_flag_types
+def interrupted(command):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while Typer builds the command
+    build(command)
+cli._hide_flag_types = interrupted
+sys.argv = ["mailsync", "config", "--help"]
+cli.main()
+"""
+
+
+def test_ctrl_c_while_the_command_is_built_is_quiet() -> None:
+    # Building the command reads every command's options: on a loaded machine, a moment
+    # long enough for Ctrl-C to land there (it printed a traceback).
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_BUILDING], text=True,
+                          capture_output=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
+
+
 def _sync_with_sigint(env: dict[str, str], disposition: signal.Handlers) -> subprocess.Popen:
     """`mailsync sync` started with SIGINT at `disposition`, whatever this test run inherited
     (a suite started in the background, `make test &`, passes SIGINT ignored to its children)."""

@@ -6,8 +6,8 @@ import sys
 
 def _quiet_interrupt(_signum: int, _frame: object) -> None:
     # Ctrl-C while the command is still importing (a second or so): end with the shell's
-    # code for it, without a KeyboardInterrupt traceback. `MailsyncApp` restores the default
-    # handler once the command starts, where every command ends it in one line.
+    # code for it, without a KeyboardInterrupt traceback. The app's callback restores the
+    # default handler just before the command runs, where every command ends it in one line.
     raise SystemExit(130)
 
 

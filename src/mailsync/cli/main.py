@@ -39,16 +39,9 @@ def _hide_flag_types(command: Any) -> None:
 
 
 class MailsyncApp(typer.Typer):
-    """The Typer app, tidied once before it runs: flags without a type in help, and Ctrl-C
-    quiet from here on (see `mailsync.cli` for the moments before)."""
+    """The Typer app, tidied once before it runs: flags without a type in help."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # Start-up is over: Ctrl-C raises KeyboardInterrupt again, which every command
-        # turns into one line and exit code 130. Unless the command was started with SIGINT
-        # ignored (a shell script's `mailsync sync &`): then it stays ignored throughout, as
-        # Unix programs leave it, rather than ignored during start-up only.
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         command = typer.main.get_command(self)
         _hide_flag_types(command)
         return command(*args, **kwargs)
@@ -59,6 +52,15 @@ app = MailsyncApp(no_args_is_help=True, add_completion=False, cls=TyperGroup,
                   help="Bring Postalytics direct-mail events into HighLevel contacts.")
 
 
+def _interrupt_from_here() -> None:
+    """Start-up is over (imports, building the command, parsing it: see `mailsync.cli`):
+    Ctrl-C raises KeyboardInterrupt again, which every command turns into one line and exit
+    code 130. Unless the command was started with SIGINT ignored (a shell script's `mailsync
+    sync &`): then it stays ignored throughout, as Unix programs leave it."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option(
@@ -67,6 +69,7 @@ def _main(
         "--debug", help="Show the traceback of a failure (also MAILSYNC_DEBUG=1).")] = False,
 ) -> None:
     """Bring Postalytics direct-mail events into HighLevel contacts."""
+    _interrupt_from_here()
     install_log_redaction()
     set_debug(debug)
     handler = _LiteralHandler(console=err_console, show_path=False, markup=False)
