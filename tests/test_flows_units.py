@@ -328,10 +328,19 @@ def test_a_failed_run_says_each_cause_once() -> None:
 
 @pytest.mark.slow
 def test_under_prefect_the_failed_task_message_is_the_line(tmp_path: Path) -> None:
+    from prefect import flow
+
     from tasks.sync import begin_run
 
     config = tmp_path / "mailsync.toml"
     config.write_text(CLOSED_STORE)
-    state = begin_run(str(config), "sync", return_state=True)
-    assert state.is_failed()
-    assert state.message.startswith("store postgresql+psycopg://postgres:***@127.0.0.1:1/test:")
+
+    @flow  # where the task runs in a deployment (outside one, Prefect warns of its logs)
+    def first_step() -> tuple[bool, str | None]:
+        state = begin_run(str(config), "sync", return_state=True)
+        return state.is_failed(), state.message
+
+    failed, message = first_step()
+    assert failed
+    assert message and message.startswith(
+        "store postgresql+psycopg://postgres:***@127.0.0.1:1/test:")
