@@ -282,13 +282,28 @@ def savepoint(session: Session) -> Iterator[None]:
     first would start one by itself and releasing it would commit: a dry run's rollback would
     then undo nothing (SQLAlchemy documents this pysqlite flaw). So BEGIN is sent first.
     """
+    _begin(session, "BEGIN")
+    with session.begin_nested():
+        yield
+
+
+def begin_writing(session: Session) -> None:
+    """Open the session's transaction as the writer now, if none is open (SQLite: BEGIN
+    IMMEDIATE; PostgreSQL locks rows, not the database).
+
+    A deferred SQLite transaction that reads and later writes must upgrade its lock, and
+    SQLite refuses that at once, without waiting, when another connection committed in
+    between: a transaction held open across pages takes the write lock at its start.
+    """
+    _begin(session, "BEGIN IMMEDIATE")
+
+
+def _begin(session: Session, statement: str) -> None:
     conn = session.connection()
     if conn.dialect.name == "sqlite":
         driver = conn.connection.driver_connection
         if driver is not None and not driver.in_transaction:
-            conn.exec_driver_sql("BEGIN")
-    with session.begin_nested():
-        yield
+            conn.exec_driver_sql(statement)
 
 
 def refused_by_row(exc: BaseException) -> bool:

@@ -1,12 +1,14 @@
-"""Incremental fetch of one campaign: page, normalise, diff and plan, a transaction per page.
+"""Incremental fetch of one campaign: page, normalise, diff and plan, each page kept whole.
 
 Postalytics' events endpoint has no cursor and no "since" filter; it pages by offset, newest
 first. Three parts, in the manner of dlt's incremental cursor and singer-sdk's paginators:
 the campaign's bookmark (`store.bookmark`: the cursor, a lookback before it, where a capped
 walk stopped), loaded before the walk and saved after it; a pure page walker
-(`sync.walker`) that decides the next page from what each page held; and here, one
-transaction per page holding its new events, quarantine rows and ledger rows (rolled back in
-a dry run), so a crash loses nothing and repeats nothing.
+(`sync.walker`) that decides the next page from what each page held; and here, each page's
+new events, quarantine rows and ledger rows stored together in a savepoint of a transaction
+the loop's campaigns share and commit every few pages (`store.group_commit`; a dry run rolls
+each page back), so a crash loses nothing and repeats nothing: it loses at most the pages
+not committed yet, and the walk reads them again.
 
 Within a page one bad record never blocks another: text a database cannot hold is cleaned
 in normalisation, and a row the database still refuses is quarantined alone (`unstorable`)
@@ -33,6 +35,7 @@ from sqlmodel import Session, select
 
 from mailsync.config import CampaignConfig
 from mailsync.store.bookmark import load_bookmark, save_bookmark
+from mailsync.store.group_commit import campaign_writes
 from mailsync.store.models import Campaign, MailEvent, QuarantinedEvent, WriteIntent, utcnow
 from mailsync.store.ops import insert_ignore, rows_where_in, write_isolating
 from mailsync.store.reasons import QuarantineReason
@@ -42,7 +45,7 @@ from mailsync.sync.normalise import fingerprint, normalise, quarantined
 from mailsync.sync.plan import plan_writes
 from mailsync.sync.walker import PAGE_SIZE, PageSeen, PageWalker, Stop
 
-__all__ = ["PAGE_SIZE", "CampaignResult", "FetchPage", "end_transaction", "fetch_campaign"]
+__all__ = ["PAGE_SIZE", "CampaignResult", "FetchPage", "fetch_campaign"]
 
 log = logging.getLogger("mailsync.fetch")
 
@@ -106,18 +109,6 @@ class _Scope:
 class _Written:
     new: list[MailEvent]
     planned: list[WriteIntent]
-
-
-def end_transaction(session: Session, dry_run: bool) -> None:
-    """End a page's transaction: commit it, or roll it back in a dry run.
-
-    A dry run ends every page's transaction too: one held open across the HTTP calls would
-    block every other writer of a SQLite store.
-    """
-    if dry_run:
-        session.rollback()
-    else:
-        session.commit()
 
 
 def _identity(event: MailEvent) -> Identity:
@@ -280,24 +271,25 @@ async def fetch_campaign(
 ) -> CampaignResult:
     """Fetch a campaign's new events into the store with the ledger rows they cause.
 
-    Each page is one transaction (events, quarantine, ledger rows); the bookmark is saved
-    once the walk ends. In a dry run every transaction is rolled back.
+    Each page is stored whole (events, quarantine, ledger rows), its commit shared with the
+    pages before it; the bookmark is saved, and committed with the walk's last pages, once
+    the walk ends. In a dry run every page is rolled back.
     """
     result = CampaignResult(campaign.drop_id)
     hours = campaign.lookback_hours if lookback_hours is None else lookback_hours
     row = Campaign(drop_id=campaign.drop_id, name=campaign.name, country=campaign.country,
                    location_id=campaign.location)
-    with Session(engine, expire_on_commit=False) as session:
-        bookmark = load_bookmark(session, row)
+    with campaign_writes(engine, dry_run) as writes:
+        with writes.page() as session:
+            bookmark = load_bookmark(session, row)
+            unstorable = _unstorable(session, campaign.drop_id)
         scope = _Scope(campaign, run_id, bookmark.cutoff(timedelta(hours=hours)),
-                       _Memo(dry_run, unstorable=_unstorable(session, campaign.drop_id)),
-                       on_plan)
-        end_transaction(session, dry_run)
+                       _Memo(dry_run, unstorable=unstorable), on_plan)
         walker = PageWalker(max_pages or campaign.max_pages, bookmark.resume_offset, page_size)
         while (request := walker.next_page()) is not None:
             raws = await fetch_page(request.number, request.size)
-            seen = _store_page(session, raws, scope, result)
-            end_transaction(session, dry_run)
+            with writes.page() as session:
+                seen = _store_page(session, raws, scope, result)
             failpoints.hit("page-stored")
             walker.record(seen)
             result.pages += 1
@@ -306,8 +298,10 @@ async def fetch_campaign(
                 on_page(result)
         result.stopped = walker.stop
         result.capped = walker.stop is Stop.capped
-        save_bookmark(session, row, complete=not result.capped, resume_offset=walker.covered)
-        end_transaction(session, dry_run)
+        with writes.page() as session:
+            save_bookmark(session, row, complete=not result.capped,
+                          resume_offset=walker.covered)
+        writes.commit()
     if result.capped:
         log.warning("campaign %s: page cap of %d reached %d events from the top; the next run "
                     "continues there", campaign.drop_id, walker.max_pages, walker.covered)
