@@ -81,7 +81,7 @@ CHANGED = ("src/mailsync/sync/apply.py", "src/mailsync/store/ledger.py",
            "src/mailsync/sync/match.py", "src/mailsync/sync/normalise.py",
            "src/mailsync/sync/notes.py", "src/mailsync/sync/plan.py",
            "src/mailsync/store/engine.py", "src/mailsync/store/migrations/versions",
-           "src/mailsync/codes.py")
+           "src/mailsync/codes.py", "src/mailsync/store/group_commit.py")
 """What `--baseline REV` takes from REV (the files issue 17's item 1 changed); the rest of
 the tree is this one's."""
 PROFILE_RATE = 250  # samples per second of py-spy's profile of the sync
