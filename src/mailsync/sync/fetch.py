@@ -6,9 +6,9 @@ the campaign's bookmark (`store.bookmark`: the cursor, a lookback before it, whe
 walk stopped), loaded before the walk and saved after it; a pure page walker
 (`sync.walker`) that decides the next page from what each page held; and here, each page's
 new events, quarantine rows and ledger rows stored together in a savepoint of a transaction
-the loop's campaigns share and commit every few pages (`store.group_commit`; a dry run rolls
-each page back), so a crash loses nothing and repeats nothing: it loses at most the pages
-not committed yet, and the walk reads them again.
+the campaigns fetched at once share and commit every few pages (`store.group_commit`; a dry
+run rolls each page back), so a crash loses nothing and repeats nothing: it loses at most
+the pages not committed yet, and the walk reads them again.
 
 Within a page one bad record never blocks another: text a database cannot hold is cleaned
 in normalisation, and a row the database still refuses is quarantined alone (`unstorable`)
