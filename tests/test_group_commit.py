@@ -65,7 +65,9 @@ def planned(engine) -> int:  # type: ignore[no-untyped-def]
         return s.exec(select(func.count()).select_from(WriteIntent)).one()
 
 
-def test_campaigns_fetched_at_once_share_one_writer_and_both_finish(db_url):
+def test_campaigns_fetched_on_one_loop_both_finish(db_url):
+    """Each holding a SQLite transaction of its own across its waits, the second would wait
+    for the first's lock with the loop blocked, and fail after the busy timeout."""
     engine = get_engine(db_url)
     results = fetch_both(engine, [Feed("7"), Feed("8")])
     assert [r.new_events for r in results] == [EVENTS, EVENTS]

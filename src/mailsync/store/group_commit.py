@@ -2,12 +2,13 @@
 fetches at once, committed every `COMMIT_PAGES` pages, `COMMIT_SECONDS` after its first page,
 and whenever a campaign's walk ends.
 
-A commit per page wrote the pages of the events' and the ledger's random-keyed indexes to the
-WAL again on every page: commits were a tenth of a sync's own CPU (bench/RESULTS.md, section
-3). Grouping keeps what the crash guarantees need: a page is stored whole or not at all (a
-savepoint), and a walk's bookmark moves only in the commit that holds its last page, so a
-crash loses at most the pages not committed yet, which the next run reads again (a walk stops
-only at a page that is all stored).
+A commit per page wrote the pages of the events' and the ledger's random-keyed indexes to
+the WAL again on every page: the fetch's commits were about 7 % of a sync's own CPU (py-spy,
+10,000 events; the grouped fetch is bench/RESULTS.md section 3's figure). Grouping keeps
+what the crash guarantees need: a page is stored whole or not at all (a savepoint), and a
+walk's bookmark moves only in the commit that holds its last page, so a crash loses at most
+the pages not committed yet, which the next run reads again (a walk stops only at a page
+that is all stored).
 
 SQLite has one writer, so the campaigns of a process share this one session, in turn (a lock;
 a Prefect worker fetches them in threads): a transaction of their own held across the wait for
